@@ -1,0 +1,38 @@
+# Two set-up commands: `make demo` and `make test`. Each creates or refreshes .venv on its own.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The exact pin matters: this machine's pip resolves it to a local CPU wheel.
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-slow lint bench clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/ranker demo
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.dev
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,333 @@
+"""Impression-log loading: read columns once into contiguous arrays, validate, split by day, batch.
+
+A log is a directory of Parquet files (partitioned by day or not), a single Parquet/CSV file, or a
+list of those. Every file is validated on its own so an error names the file, the column and the
+number of bad rows. `drop_invalid=True` drops such rows and counts them, per reason, instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ranker.features import FeatureEncoder
+from ranker.schema import ID_COLUMNS, LABEL_COLUMNS, ORACLE_COLUMNS, FeatureSpec, SpecError
+from training.errors import DataError
+
+MS_PER_DAY = 86_400_000
+LOG_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass
+class ImpressionLog:
+    """Validated impression rows as one Arrow table (columns contiguous after `combine_chunks`)."""
+
+    table: pa.Table
+    source: str
+    # Rows dropped by `drop_invalid`, per reason ("file: column: rule" -> count).
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def has_oracle(self) -> bool:
+        return all(c in self.table.column_names for c in ORACLE_COLUMNS)
+
+    def day_index(self) -> np.ndarray:
+        """Day number (days since the epoch, UTC) of every row."""
+        return self.table["ts"].to_numpy() // MS_PER_DAY
+
+    def days(self) -> list[str]:
+        """Distinct days present, ascending, as YYYY-MM-DD."""
+        return [day_name(d) for d in np.unique(self.day_index())]
+
+    def filter_days(self, days: Sequence[str]) -> ImpressionLog:
+        wanted = np.array([day_number(d) for d in days], dtype=np.int64)
+        mask = np.isin(self.day_index(), wanted)
+        return ImpressionLog(self.table.filter(pa.array(mask)), self.source, dict(self.dropped))
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table[name].to_numpy()
+
+
+def day_name(day: int) -> str:
+    return str(np.datetime64(int(day), "D"))
+
+
+def day_number(name: str) -> int:
+    try:
+        return int(np.datetime64(name, "D").astype(np.int64))
+    except ValueError:
+        raise ValueError(f"not a date (YYYY-MM-DD): {name!r}") from None
+
+
+def log_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The Parquet/CSV files of a log: a file, a directory (searched recursively) or a list."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix in LOG_SUFFIXES and f.is_file())
+            if not found:
+                raise DataError(str(p), "no .parquet or .csv files in this directory")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(str(p), "no such file or directory")
+    return files
+
+
+def read_table(file: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One file as an Arrow table; unreadable files raise DataError naming the file."""
+    try:
+        if file.suffix == ".csv":
+            table = pacsv.read_csv(file)
+            return (
+                table.select([c for c in columns if c in table.column_names]) if columns else table
+            )
+        present = pq.read_schema(file).names
+        wanted = [c for c in columns if c in present] if columns else None
+        return pq.read_table(file, columns=wanted, partitioning=None)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataError(str(file), f"cannot parse the file: {exc}") from None
+
+
+def required_columns(spec: FeatureSpec) -> list[str]:
+    """Columns a log must carry for this spec (ids, labels, features)."""
+    names = [*ID_COLUMNS, *LABEL_COLUMNS]
+    names += [n for n in spec.names if n not in names]
+    return names
+
+
+def read_log(
+    path: str | Path | Sequence[str | Path],
+    spec: FeatureSpec,
+    *,
+    drop_invalid: bool = False,
+    oracle: bool = True,
+) -> ImpressionLog:
+    """Read and validate a log for a feature spec; only the needed columns are read."""
+    files = log_files(path)
+    wanted = required_columns(spec) + (list(ORACLE_COLUMNS) if oracle else [])
+    tables: list[pa.Table] = []
+    dropped: dict[str, int] = {}
+    for file in files:
+        table = read_table(file, wanted)
+        missing = [c for c in required_columns(spec) if c not in table.column_names]
+        if missing:
+            raise DataError(str(file), "missing column", column=missing[0])
+        table, file_dropped = validate_rows(table, str(file), drop_invalid=drop_invalid)
+        dropped.update(file_dropped)
+        tables.append(table)
+    schemas = {tuple(t.column_names) for t in tables}
+    if len(schemas) > 1:  # oracle columns present in some files only: keep the common part
+        common = [c for c in tables[0].column_names if all(c in t.column_names for t in tables)]
+        tables = [t.select(common) for t in tables]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(str(path), f"files have incompatible column types: {exc}") from None
+    return ImpressionLog(table, str(path), dropped)
+
+
+# Row rules on labels and ids: (column, description, predicate that is True for a BAD row).
+def _label_rules(table: pa.Table) -> list[tuple[str, str, np.ndarray]]:
+    def floats(name: str) -> np.ndarray:
+        column = table[name]
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            try:
+                column = pc.cast(column, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise DataError("", "expected numbers", column=name) from None
+        return column.to_numpy(zero_copy_only=False).astype(np.float64)
+
+    click = floats("click")
+    watch = floats("watch_time")
+    duration = floats("duration")
+    ts = floats("ts")
+    rules = [
+        ("click", "not 0 or 1 (or missing)", ~np.isin(click, (0.0, 1.0))),
+        ("watch_time", "missing or not finite", ~np.isfinite(watch)),
+        ("watch_time", "negative", watch < 0),
+        ("watch_time", "positive without a click", (click == 0) & (watch > 0)),
+        ("duration", "missing, not finite or <= 0", ~(np.isfinite(duration) & (duration > 0))),
+        ("ts", "missing or negative", ~(np.isfinite(ts) & (ts >= 0))),
+    ]
+    for name in ("request_id", "user_id", "item_id"):
+        rules.append((name, "missing", table[name].is_null().to_numpy(zero_copy_only=False)))
+    return rules
+
+
+def validate_rows(
+    table: pa.Table, file: str, *, drop_invalid: bool
+) -> tuple[pa.Table, dict[str, int]]:
+    """Check label and id rules; raise naming file/column/count, or drop and count the rows."""
+    try:
+        rules = _label_rules(table)
+    except DataError as exc:
+        raise DataError(file, "expected numbers", column=exc.column) from None
+    bad_any = np.zeros(table.num_rows, dtype=bool)
+    dropped: dict[str, int] = {}
+    for column, rule, bad in rules:
+        count = int(bad.sum())
+        if count == 0:
+            continue
+        if not drop_invalid:
+            raise DataError(file, rule, column=column, bad_rows=count)
+        dropped[f"{file}: {column}: {rule}"] = int((bad & ~bad_any).sum())
+        bad_any |= bad
+    if bad_any.any():
+        table = table.filter(pa.array(~bad_any))
+    return table, dropped
+
+
+@dataclass(frozen=True)
+class DaySplit:
+    """Which days train, validate and test; days are YYYY-MM-DD strings."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+
+
+def split_days(days: Sequence[str], valid_days: int = 1, test_days: int = 1) -> DaySplit:
+    """Time split: the last `test_days` test, the `valid_days` before them validate, the rest train."""
+    days = sorted(days)
+    if valid_days < 0 or test_days < 0:
+        raise ValueError("valid_days and test_days must be >= 0")
+    if len(days) <= valid_days + test_days:
+        raise ValueError(
+            f"need more than {valid_days + test_days} days to keep {valid_days} valid and "
+            f"{test_days} test days, the log has {len(days)}: {days}"
+        )
+    cut_test = len(days) - test_days
+    cut_valid = cut_test - valid_days
+    return DaySplit(days[:cut_valid], days[cut_valid:cut_test], days[cut_test:])
+
+
+@dataclass
+class EncodedData:
+    """Model inputs and labels of a log as contiguous numpy arrays, one row per impression."""
+
+    inputs: dict[str, np.ndarray]
+    # Raw label columns: click, watch_time, duration (tasks derive their labels from these).
+    labels: dict[str, np.ndarray]
+    request_id: np.ndarray
+    user_id: np.ndarray
+    # Ground-truth expectations when the log carries them (simulator `--oracle`).
+    oracle: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.request_id)
+
+    def take(self, index: np.ndarray) -> EncodedData:
+        """Rows `index` (a permutation or subset), copied contiguously."""
+
+        def pick(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: np.ascontiguousarray(v[index]) for k, v in arrays.items()}
+
+        return EncodedData(
+            pick(self.inputs),
+            pick(self.labels),
+            self.request_id[index],
+            self.user_id[index],
+            pick(self.oracle),
+        )
+
+    def slices(self, batch_size: int) -> Iterator[EncodedData]:
+        """Consecutive batches as views (no copies)."""
+        for start in range(0, self.rows, batch_size):
+            part = slice(start, start + batch_size)
+            yield EncodedData(
+                {k: v[part] for k, v in self.inputs.items()},
+                {k: v[part] for k, v in self.labels.items()},
+                self.request_id[part],
+                self.user_id[part],
+                {k: v[part] for k, v in self.oracle.items()},
+            )
+
+    def shuffled_batches(self, batch_size: int, seed: int) -> Iterator[EncodedData]:
+        """One epoch: permute all rows once (one gather per array), then slice batches."""
+        order = np.random.default_rng(seed).permutation(self.rows)
+        return self.take(order).slices(batch_size)
+
+
+def encode_table(table: pa.Table, encoder: FeatureEncoder) -> EncodedData:
+    """Encode an Arrow table of impressions (all features, labels, ids and oracle columns)."""
+    columns = {name: table[name] for name in encoder.spec.names if name in table.column_names}
+    try:
+        inputs = encoder.encode(columns, table.num_rows)
+    except SpecError as exc:
+        raise DataError("log", str(exc)) from None
+    labels = {
+        "click": table["click"].to_numpy(zero_copy_only=False).astype(np.float32),
+        "watch_time": table["watch_time"].to_numpy(zero_copy_only=False).astype(np.float32),
+        "duration": table["duration"].to_numpy(zero_copy_only=False).astype(np.float32),
+    }
+    oracle = {
+        name: table[name].to_numpy(zero_copy_only=False).astype(np.float32)
+        for name in ORACLE_COLUMNS
+        if name in table.column_names
+    }
+    return EncodedData(
+        inputs,
+        labels,
+        table["request_id"].to_numpy(zero_copy_only=False),
+        table["user_id"].to_numpy(zero_copy_only=False),
+        oracle,
+    )
+
+
+def encode_log(log: ImpressionLog, encoder: FeatureEncoder) -> EncodedData:
+    return encode_table(log.table, encoder)
+
+
+def iter_encoded(
+    path: str | Path | Sequence[str | Path],
+    encoder: FeatureEncoder,
+    *,
+    batch_rows: int = 262_144,
+    drop_invalid: bool = False,
+) -> Iterator[EncodedData]:
+    """Stream a log larger than memory: read Parquet row groups (or CSV blocks), validate, encode.
+
+    Yields chunks of at most `batch_rows` rows in file order; shuffle within a buffer if needed.
+    """
+    wanted = required_columns(encoder.spec) + list(ORACLE_COLUMNS)
+    for file in log_files(path):
+        for batch in _iter_file_batches(file, wanted, batch_rows):
+            table = pa.Table.from_batches([batch])
+            missing = [c for c in required_columns(encoder.spec) if c not in table.column_names]
+            if missing:
+                raise DataError(str(file), "missing column", column=missing[0])
+            table, _ = validate_rows(table, str(file), drop_invalid=drop_invalid)
+            if table.num_rows:
+                yield encode_table(table, encoder)
+
+
+def _iter_file_batches(
+    file: Path, wanted: Sequence[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    try:
+        if file.suffix == ".csv":
+            reader = pacsv.open_csv(file)
+            for batch in reader:
+                keep = [c for c in wanted if c in batch.schema.names]
+                yield batch.select(keep)
+            return
+        parquet = pq.ParquetFile(file)
+        keep = [c for c in wanted if c in parquet.schema_arrow.names]
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=keep)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataError(str(file), f"cannot parse the file: {exc}") from None

@@ -1,0 +1,182 @@
+"""Write a simulated impression log: `OUT/day=YYYY-MM-DD/part-0.parquet`, one file per day.
+
+The ground truth lives in `training.world.World`; this module samples a day of traffic from it,
+draws labels and writes them in the impression-log contract (DESIGN.md) with the features named in
+`ranker/simulator_spec.yaml`. The world and every day have their own random streams derived from
+the seed, so the same config always writes the same tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from training.world import SimulatorConfig, World
+
+__all__ = ["LOG_SCHEMA", "ORACLE_SCHEMA", "SimulationSummary", "SimulatorConfig", "World",
+           "simulate", "simulate_day"]  # fmt: skip
+
+LOG_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.int64()),
+        ("user_id", pa.int64()),
+        ("item_id", pa.int64()),
+        ("ts", pa.int64()),
+        ("user_active_degree", pa.string()),
+        ("device", pa.string()),
+        ("follower_bucket", pa.int64()),
+        ("user_code_0", pa.int64()),
+        ("user_code_1", pa.int64()),
+        ("user_code_2", pa.int64()),
+        ("hour", pa.int64()),
+        ("tab", pa.int64()),
+        ("author_id", pa.int64()),
+        ("category", pa.int64()),
+        ("tags", pa.list_(pa.int64())),
+        ("duration", pa.float32()),
+        ("upload_age_days", pa.float32()),
+        ("click", pa.int8()),
+        ("watch_time", pa.float32()),
+    ]
+)
+ORACLE_SCHEMA = pa.schema(
+    [(name, pa.float32()) for name in ("oracle_click", "oracle_watch_time", "oracle_completion")]
+)
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """What a simulation wrote, for printing and for tests."""
+
+    rows: int
+    requests: int
+    days: list[str]  # ISO dates, one partition each
+    files: list[Path]
+    click_rate: float
+    mean_watch_time: float  # seconds, over all impressions (0 for non-clicks)
+    mean_completion_given_click: float  # mean of min(watch_time / duration, 1) over clicks
+    users_seen: int  # distinct users with at least one request
+    items_seen: int  # distinct items shown at least once
+    new_items_seen: int  # of those, items uploaded after the first day
+    seconds: float  # wall time
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one fact per line."""
+        return [
+            f"wrote {self.rows:,} impressions in {self.requests:,} requests over "
+            f"{len(self.days)} days ({self.days[0]} .. {self.days[-1]}) in {self.seconds:.1f} s",
+            f"click rate {self.click_rate:.3f}, mean watch time {self.mean_watch_time:.2f} s, "
+            f"mean completion given click {self.mean_completion_given_click:.3f}",
+            f"{self.users_seen:,} users, {self.items_seen:,} items shown "
+            f"({self.new_items_seen:,} uploaded during the simulation)",
+            *(str(path) for path in self.files),
+        ]
+
+
+def _day_dates(config: SimulatorConfig) -> list[str]:
+    start = date.fromisoformat(config.start_date)
+    return [(start + timedelta(days=day)).isoformat() for day in range(config.days)]
+
+
+def _tags_array(tags: np.ndarray) -> pa.ListArray:
+    """List array from a -1 padded (n, MAX_TAGS) matrix (padding is always at the end)."""
+    valid = tags >= 0
+    offsets = np.zeros(len(tags) + 1, dtype=np.int32)
+    np.cumsum(valid.sum(axis=1), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(tags[valid]))
+
+
+def simulate_day(world: World, day: int) -> pa.Table:
+    """One day of impressions, sorted by time; request ids are unique across days."""
+    config = world.config
+    rng = np.random.default_rng([config.seed, 1, day])
+    n = config.requests_per_day
+    requests = world.sample_requests(day, n, rng)
+    sizes = rng.integers(config.min_impressions, config.max_impressions + 1, n)
+    items = world.sample_candidates(day, sizes, rng)
+    row = np.repeat(np.arange(n), sizes)  # request of each impression
+    users, hour, tab, ts = (a[row] for a in (requests.user_idx, requests.hour, requests.tab,
+                                              requests.ts))  # fmt: skip
+    expected = world.expected_outcomes(users, items, hour, tab, ts)
+    click, watch_time = world.draw_outcomes(expected, rng)
+    item_features = world.item_features(items, ts)
+    columns: dict[str, object] = {
+        "request_id": day * n + row,
+        "user_id": users,
+        "item_id": items,
+        "ts": ts,
+        **world.user_features(users),
+        "hour": hour,
+        "tab": tab,
+        **item_features,
+        "tags": _tags_array(item_features["tags"]),
+        "click": click,
+        "watch_time": watch_time,
+    }
+    schema = LOG_SCHEMA
+    if config.oracle:
+        schema = pa.unify_schemas([LOG_SCHEMA, ORACLE_SCHEMA])
+        columns["oracle_click"] = expected.p_click
+        columns["oracle_watch_time"] = expected.watch_time
+        columns["oracle_completion"] = expected.completion
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    """Write atomically, so a reader never sees a half-written partition."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def simulate(config: SimulatorConfig, out_dir: Path, progress: bool = False) -> SimulationSummary:
+    """Simulate `config.days` days of traffic and write one Parquet partition per day.
+
+    Existing files at the same partition paths are replaced; other files in `out_dir` are left.
+    """
+    started = time.perf_counter()
+    world = World(config)
+    out_dir = Path(out_dir)
+    dates = _day_dates(config)
+    files: list[Path] = []
+    rows = clicks = 0
+    watch_sum = completion_sum = 0.0
+    users_seen = np.zeros(config.users, dtype=bool)
+    items_seen = np.zeros(config.items, dtype=bool)
+    for day in tqdm(range(config.days), desc="simulate", unit="day", disable=not progress):
+        table = simulate_day(world, day)
+        path = out_dir / f"day={dates[day]}" / "part-0.parquet"
+        _write(table, path)
+        files.append(path)
+        click = table["click"].to_numpy()
+        watch = table["watch_time"].to_numpy().astype(np.float64)
+        duration = table["duration"].to_numpy()
+        rows += len(click)
+        clicks += int(click.sum())
+        watch_sum += float(watch.sum())
+        completion_sum += float(np.minimum(watch / duration, 1.0).sum())
+        users_seen[table["user_id"].to_numpy()] = True
+        items_seen[table["item_id"].to_numpy()] = True
+    return SimulationSummary(
+        rows=rows,
+        requests=config.days * config.requests_per_day,
+        days=dates,
+        files=files,
+        click_rate=clicks / rows,
+        mean_watch_time=watch_sum / rows,
+        mean_completion_given_click=completion_sum / max(clicks, 1),
+        users_seen=int(users_seen.sum()),
+        items_seen=int(items_seen.sum()),
+        new_items_seen=int((items_seen & (world.item_upload_day > 0)).sum()),
+        seconds=time.perf_counter() - started,
+    )

@@ -41,13 +41,7 @@ def _import_kuairand(args: argparse.Namespace) -> int:
     report = import_kuairand(
         Path(args.src), Path(args.out), drop_invalid=args.drop_invalid, progress=not args.quiet
     )
-    print(f"rows in   {report.rows_in:,}")
-    print(
-        f"rows out  {report.rows_out:,} in {report.requests:,} requests over {len(report.days)} days"
-    )
-    for reason, count in report.dropped.items():
-        print(f"dropped   {count:,} rows: {reason}")
-    print(f"spec      {report.spec_path}")
+    print(report.summary())
     return 0
 
 
@@ -60,6 +54,48 @@ def _summary(args: argparse.Namespace) -> int:
     log = read_log(args.data, spec, drop_invalid=args.drop_invalid)
     print(summarize(log).render())
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.distributed import close_world, init_world
+    from training.trainer import CHECKPOINT, Trainer, prepare_data
+
+    config = load_config(args.config, args.overrides)
+    world = init_world()
+    try:
+        run_dir = Path(config.out)
+        checkpoint = run_dir / CHECKPOINT
+        if args.resume and not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
+        data = prepare_data(config)
+        trainer = Trainer(config, data, run_dir, world=world, progress=not args.quiet)
+        if args.resume:
+            trainer.load_checkpoint(checkpoint)
+        result = trainer.fit()
+        if world.is_main:
+            print(render_metrics(result))
+            print(f"run directory: {run_dir}")
+    finally:
+        close_world(world)
+    return 0
+
+
+def render_metrics(result: dict) -> str:
+    """Test (or validation) metrics of a training run as a few readable lines."""
+    split = "test" if "test" in result else "valid"
+    lines = [f"best epoch {result['best_epoch']} of {result['epochs_run']}; {split} metrics:"]
+    for task, scores in result[split].items():
+        if task == "score":
+            continue
+        shown = ", ".join(
+            f"{name} {value:.4g}"
+            + (f" (oracle {scores['oracle_' + name]:.4g})" if f"oracle_{name}" in scores else "")
+            for name, value in scores.items()
+            if not name.startswith(("oracle_", "gap_"))
+        )
+        lines.append(f"  {task:<11} {shown}")
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -107,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--spec", help="feature spec YAML (default: the simulator's)")
     sm.add_argument(
         "--drop-invalid", action="store_true", help="drop and count bad rows instead of failing"
+    )
+
+    tr = add("train", _train, "train a multi-task model (also under torchrun for data parallelism)")
+    tr.add_argument("--config", help="training config YAML (default: built-in defaults)")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's checkpoint"
+    )
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5"
     )
 
     demo = add("demo", _demo, "run the main job end to end on embedded defaults")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ranker.features import FeatureEncoder
 from ranker.schema import ID_COLUMNS, LABEL_COLUMNS, ORACLE_COLUMNS, FeatureSpec, SpecError
+from ranker.tasks import labels_from_columns
 from training.errors import DataError
 
 MS_PER_DAY = 86_400_000
@@ -220,7 +221,7 @@ class EncodedData:
     """Model inputs and labels of a log as contiguous numpy arrays, one row per impression."""
 
     inputs: dict[str, np.ndarray]
-    # Raw label columns: click, watch_time, duration (tasks derive their labels from these).
+    # Task labels in natural units: click (0/1), watch_time (s), completion ([0, 1]).
     labels: dict[str, np.ndarray]
     request_id: np.ndarray
     user_id: np.ndarray
@@ -270,11 +271,12 @@ def encode_table(table: pa.Table, encoder: FeatureEncoder) -> EncodedData:
         inputs = encoder.encode(columns, table.num_rows)
     except SpecError as exc:
         raise DataError("log", str(exc)) from None
-    labels = {
-        "click": table["click"].to_numpy(zero_copy_only=False).astype(np.float32),
-        "watch_time": table["watch_time"].to_numpy(zero_copy_only=False).astype(np.float32),
-        "duration": table["duration"].to_numpy(zero_copy_only=False).astype(np.float32),
-    }
+    labels = labels_from_columns(
+        *(
+            table[name].to_numpy(zero_copy_only=False)
+            for name in ("click", "watch_time", "duration")
+        )
+    )
     oracle = {
         name: table[name].to_numpy(zero_copy_only=False).astype(np.float32)
         for name in ORACLE_COLUMNS

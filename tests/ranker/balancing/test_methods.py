@@ -1,0 +1,325 @@
+"""Each method's own maths, checked against its definition or optimality conditions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ranker.balancing import (
+    DWA,
+    EMTL,
+    FAMO,
+    IMTLG,
+    MGDA,
+    UW,
+    Bandit,
+    CAGrad,
+    GradNorm,
+    MinMax,
+    PCGrad,
+    Static,
+)
+from ranker.balancing._solvers import kl, kl_ball_mirror_ascent
+
+seeds = st.integers(0, 2**16)
+maths_settings = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+def jacobian(k: int, seed: int, dim: int = 6, shift: float = 0.0) -> torch.Tensor:
+    """Task gradients [K, dim] as rows; `shift` adds a common component (less conflict)."""
+    gen = torch.Generator().manual_seed(seed)
+    common = torch.randn(1, dim, generator=gen, dtype=torch.float64)
+    return torch.randn(k, dim, generator=gen, dtype=torch.float64) + shift * common
+
+
+def ones(k: int) -> torch.Tensor:
+    return torch.ones(k, dtype=torch.float64)
+
+
+# --- MGDA -------------------------------------------------------------------------------------
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 7), shift=st.sampled_from([0.0, 1.0, 3.0]))
+def test_mgda_kkt(seed: int, k: int, shift: float) -> None:
+    """d = sum a_i g_i is the min-norm point of the hull: g_i . d >= ||d||^2, equal on the support."""
+    jac = jacobian(k, seed, dim=k + 2, shift=shift)
+    a = MGDA(k).weights(ones(k), jac @ jac.T) / k
+    assert a.sum().item() == pytest.approx(1.0) and (a >= 0).all()
+    d = a @ jac
+    slack = jac @ d - d @ d
+    tol = 1e-9 * float((jac @ jac.T).diagonal().max())
+    assert (slack >= -tol).all()
+    assert (slack[a > 1e-9].abs() <= tol).all()
+
+
+@maths_settings
+@given(seed=seeds)
+def test_mgda_two_tasks_closed_form(seed: int) -> None:
+    jac = jacobian(2, seed)
+    g = jac @ jac.T
+    gamma = ((g[1, 1] - g[0, 1]) / (g[0, 0] + g[1, 1] - 2 * g[0, 1])).clamp(0, 1)
+    expected = 2 * torch.stack([gamma, 1 - gamma])
+    torch.testing.assert_close(MGDA(2).weights(ones(2), g), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mgda_on_zero_gradients_is_uniform() -> None:
+    torch.testing.assert_close(MGDA(3).weights(ones(3), torch.zeros(3, 3)), ones(3))
+
+
+# --- PCGrad -----------------------------------------------------------------------------------
+
+
+@maths_settings
+@given(seed=seeds)
+def test_pcgrad_two_tasks_closed_form(seed: int) -> None:
+    """g1' = g1 - (g1.g2/|g2|^2) g2 and g2' = g2 - (g1.g2/|g1|^2) g1 when g1.g2 < 0."""
+    jac = jacobian(2, seed)
+    g1, g2 = jac
+    dot = g1 @ g2
+    projected = (g1 - dot / (g2 @ g2) * g2) + (g2 - dot / (g1 @ g1) * g1)
+    expected = projected if dot < 0 else g1 + g2
+    w = PCGrad(2, seed=seed).weights(ones(2), jac @ jac.T)
+    torch.testing.assert_close(w @ jac, expected)
+
+
+def test_pcgrad_is_reproducible_from_its_seed() -> None:
+    jac = jacobian(4, 0)
+    g = jac @ jac.T
+    a, b, c = PCGrad(4, seed=3), PCGrad(4, seed=3), PCGrad(4, seed=4)
+    runs = [[m.weights(ones(4), g) for _ in range(6)] for m in (a, b, c)]
+    assert all(torch.equal(x, y) for x, y in zip(runs[0], runs[1], strict=True))
+    assert any(not torch.equal(x, y) for x, y in zip(runs[0], runs[2], strict=True))
+
+
+# --- IMTL-G -----------------------------------------------------------------------------------
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 6))
+def test_imtl_g_equal_projections(seed: int, k: int) -> None:
+    jac = jacobian(k, seed, dim=k + 3, shift=1.0)
+    w = IMTLG(k).weights(ones(k), jac @ jac.T)
+    assert w.sum().item() == pytest.approx(k)
+    d = w @ jac
+    projections = jac @ d / jac.norm(dim=1)
+    torch.testing.assert_close(projections, projections.mean().expand(k), rtol=1e-9, atol=0.0)
+
+
+# --- CAGrad -----------------------------------------------------------------------------------
+
+
+def cagrad_update(w: torch.Tensor, jac: torch.Tensor, c: float) -> torch.Tensor:
+    """The raw update d = g0 + lam g_w from the returned weights (1 + K lam w) / (1 + c^2)."""
+    return (1 + c**2) * (w @ jac) / len(w)
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 5), c=st.sampled_from([0.1, 0.4, 0.8]))
+def test_cagrad_constraint_and_optimality(seed: int, k: int, c: float) -> None:
+    """d lies in the ball ||d - g0|| <= c ||g0|| and maximises min_i g_i . d over it."""
+    jac = jacobian(k, seed, dim=k + 3, shift=0.5)
+    g0 = jac.mean(0)
+    radius = c * g0.norm()
+    w = CAGrad(k, c=c).weights(ones(k), jac @ jac.T)
+    d = cagrad_update(w, jac, c)
+    assert (d - g0).norm() <= radius * (1 + 1e-9)
+    # any other point of the ball (boundary and interior) does no better for the worst task
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(4000, jac.shape[1], generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True) * torch.rand(4000, 1, generator=gen, dtype=torch.float64)
+    others = g0 + radius * u
+    best_other = (others @ jac.T).min(1).values.max()
+    assert (jac @ d).min() >= best_other - 1e-9 * radius * jac.norm(dim=1).max()
+
+
+def test_cagrad_matches_brute_force_dual_three_tasks() -> None:
+    """Strong duality: min_i g_i . d equals the minimum over a fine simplex grid of the dual
+    F(w) = g_w . g0 + c ||g0|| ||g_w||."""
+    k, c = 3, 0.4
+    jac = jacobian(k, 7, dim=5, shift=0.3)
+    g0 = jac.mean(0)
+    d = cagrad_update(CAGrad(k, c=c).weights(ones(k), jac @ jac.T), jac, c)
+    n = 600
+    grid = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    w0, w1 = torch.meshgrid(grid, grid, indexing="ij")
+    keep = (w0 + w1) <= 1
+    w = torch.stack([w0[keep], w1[keep], 1 - w0[keep] - w1[keep]], 1)
+    gw = w @ jac
+    dual = (gw @ g0 + c * g0.norm() * gw.norm(dim=1)).min()
+    primal = (jac @ d).min()
+    assert primal <= dual + 1e-9  # weak duality
+    assert primal == pytest.approx(float(dual), rel=1e-4)  # grid resolution
+
+
+def test_cagrad_with_zero_c_is_ew() -> None:
+    jac = jacobian(3, 0)
+    torch.testing.assert_close(CAGrad(3, c=0.0).weights(ones(3), jac @ jac.T), ones(3))
+
+
+# --- KL-ball mirror ascent: BanditMTL and EMTL ------------------------------------------------
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 6), rho=st.sampled_from([0.01, 0.1, 0.5]))
+def test_mirror_ascent_kl_ball(seed: int, k: int, rho: float) -> None:
+    """KL(p || uniform) <= rho always, = rho when the constraint binds (lam > 0), and otherwise
+    p is the unconstrained step p_prev exp(eta x) normalised."""
+    gen = torch.Generator().manual_seed(seed)
+    prev = torch.softmax(0.3 * torch.randn(k, generator=gen, dtype=torch.float64), 0)
+    rewards = torch.exp(3 * torch.randn(k, generator=gen, dtype=torch.float64))
+    p, lam = kl_ball_mirror_ascent(prev, rewards, 0.5, rho)
+    divergence = kl(p.numpy())
+    assert p.sum().item() == pytest.approx(1.0) and divergence <= rho + 1e-12
+    if lam > 0:
+        assert divergence == pytest.approx(rho, rel=1e-9)
+        log_q = prev.log() + 0.5 * rewards  # p proportional to q ** (1 / (1 + lam))
+        torch.testing.assert_close(p, torch.softmax(log_q / (1 + lam), 0))
+    else:
+        torch.testing.assert_close(p, torch.softmax(prev.log() + 0.5 * rewards, 0))
+
+
+def test_mirror_ascent_binds_only_when_rho_below_ln_k() -> None:
+    prev = torch.full((3,), 1 / 3, dtype=torch.float64)
+    rewards = torch.tensor([0.0, 0.0, 1e3], dtype=torch.float64)
+    _, lam = kl_ball_mirror_ascent(prev, rewards, 0.5, 1.0)
+    assert lam > 0
+    _, lam = kl_ball_mirror_ascent(prev, rewards, 0.5, math.log(3) + 1e-9)
+    assert lam == 0.0
+
+
+def test_bandit_moves_weight_toward_the_highest_loss() -> None:
+    bandit = Bandit(3)
+    losses = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    w = bandit.weights(losses)
+    assert w[2] > w[1] > w[0] and w.sum().item() == pytest.approx(3.0)
+    assert kl((w / 3).numpy()) <= 0.1 + 1e-12
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 5))
+def test_emtl_steps(seed: int, k: int) -> None:
+    """r, the KL ball, the merge and the sum K, checked against METHODS.md steps 2-5."""
+    jac = jacobian(k, seed, dim=k + 2)
+    g = jac @ jac.T
+    losses = torch.exp(torch.randn(k, generator=torch.Generator().manual_seed(seed + 1)))
+    emtl = EMTL(k, rho=0.1, eta=0.5, beta=0.5)
+    for _ in range(3):  # p persists: constraint must hold on every call
+        w = emtl.weights(losses.double(), g)
+        log = emtl.log
+        torch.testing.assert_close(log["r"], losses.double() / (jac.norm(dim=1) + 1e-8))
+        assert kl(log["p"].numpy()) <= 0.1 + 1e-12
+        if log["lam"] > 0:
+            assert kl(log["p"].numpy()) == pytest.approx(0.1, rel=1e-9)
+        torch.testing.assert_close(log["a"], MGDA(k).weights(ones(k), g) / k)
+        torch.testing.assert_close(w, k * (0.5 * log["a"] + 0.5 * log["p"]))
+        assert w.sum().item() == pytest.approx(k)
+    assert torch.equal(emtl.p, log["p"])
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 5))
+def test_emtl_beta_one_is_mgda(seed: int, k: int) -> None:
+    jac = jacobian(k, seed, dim=k + 2)
+    g = jac @ jac.T
+    losses = torch.rand(k, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(EMTL(k, beta=1.0).weights(losses, g), MGDA(k).weights(losses, g))
+
+
+# --- loss-based methods -----------------------------------------------------------------------
+
+
+def test_uw_regulariser_and_gradients() -> None:
+    """Loss c_i (exp(-s_i) L_i + s_i), c = 1/2 for regression: d/ds_i = c_i (1 - exp(-s_i) L_i)."""
+    uw = UW(3, regression=[True, False, True], init_log_var=0.0)
+    with torch.no_grad():
+        uw.log_var.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    losses = torch.tensor([2.0, 0.3, 5.0])
+    c = torch.tensor([0.5, 1.0, 0.5])
+    w = uw.weights(losses)
+    torch.testing.assert_close(w, c * torch.exp(-uw.log_var.detach()))
+    total = (w * losses).sum() + uw.regulariser()
+    torch.testing.assert_close(uw.regulariser(), (c * uw.log_var).sum())
+    (grad,) = torch.autograd.grad(total, uw.log_var)
+    torch.testing.assert_close(grad, c * (1 - torch.exp(-uw.log_var.detach()) * losses))
+    # the optimum s_i = log L_i: training s alone gets there
+    opt = torch.optim.SGD(uw.parameters(), lr=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        ((uw.weights(losses) * losses).sum() + uw.regulariser()).backward()
+        opt.step()
+    torch.testing.assert_close(uw.log_var.detach(), losses.log(), rtol=1e-4, atol=1e-4)
+
+
+def test_dwa_closed_form() -> None:
+    dwa = DWA(3, temperature=2.0, window=1)
+    first = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    second = torch.tensor([0.5, 2.0, 5.0], dtype=torch.float64)
+    assert torch.equal(dwa.weights(first), ones(3))
+    expected = 3 * torch.softmax((second / first) / 2.0, 0)
+    torch.testing.assert_close(dwa.weights(second), expected)
+
+
+def test_dwa_window_averages() -> None:
+    dwa = DWA(2, window=2)
+    steps = [[1.0, 1.0], [3.0, 1.0], [1.0, 1.0], [1.0, 3.0]]
+    for s in steps:
+        w = dwa.weights(torch.tensor(s, dtype=torch.float64))
+    ratio = torch.tensor([1.0 / 2.0, 2.0 / 1.0], dtype=torch.float64)
+    torch.testing.assert_close(w, 2 * torch.softmax(ratio / 2.0, 0))
+
+
+def test_famo_moves_weight_toward_the_task_that_decreased_less() -> None:
+    famo = FAMO(2)
+    famo.weights(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert torch.equal(famo.log["z"], torch.tensor([0.5, 0.5], dtype=torch.float64))
+    losses = torch.tensor([0.5, 0.9], dtype=torch.float64)  # task 0 improved more
+    w = famo.weights(losses)
+    z = famo.log["z"]
+    assert z[1] > z[0]
+    # weights are z_i / L_i normalised to K: more than uniform z would give task 1
+    uniform = (1 / losses) / (1 / losses).sum() * 2
+    assert w[1] > uniform[1] and w.sum().item() == pytest.approx(2.0)
+
+
+def test_gradnorm_raises_the_weight_of_the_slower_task() -> None:
+    """Equal gradient norms; task 0's loss falls less, so its target norm and weight rise."""
+    gn = GradNorm(2, alpha=1.5, lr=0.1)
+    g = torch.eye(2, dtype=torch.float64)
+    gn.weights(torch.tensor([1.0, 1.0], dtype=torch.float64), g)
+    w = gn.weights(torch.tensor([0.9, 0.5], dtype=torch.float64), g)
+    assert w[0] > w[1] and w.sum().item() == pytest.approx(2.0)
+    assert torch.equal(gn.task_weights, w)
+
+
+def test_gradnorm_fixed_point_equalises_weighted_norms() -> None:
+    """With equal loss rates, repeated updates drive w_i ||g_i|| to a common value."""
+    gn = GradNorm(3, lr=0.01)
+    g = torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64))  # norms 1, 2, 3
+    for _ in range(400):
+        w = gn.weights(ones(3), g)
+    weighted = w * g.diagonal().sqrt()
+    assert (weighted.max() - weighted.min()) / weighted.mean() < 0.05
+
+
+def test_minmax_hard_ties_and_smoothing() -> None:
+    losses = torch.tensor([1.0, 3.0, 3.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(MinMax(4).weights(losses), torch.tensor([0.0, 2, 2, 0]).double())
+    soft = MinMax(4, temperature=0.5).weights(losses)
+    torch.testing.assert_close(soft, 4 * losses**2 / (losses**2).sum())
+    sharp = MinMax(4, temperature=1e-3).weights(losses)
+    torch.testing.assert_close(sharp, torch.tensor([0.0, 2, 2, 0]).double())
+
+
+def test_static_validates_its_weights() -> None:
+    assert torch.equal(
+        Static(2, [0.2, 3.0]).weights(ones(2)), torch.tensor([0.2, 3.0], dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="needs 2 values"):
+        Static(2, [1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        Static(2, [1.0, -1.0])

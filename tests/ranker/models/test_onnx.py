@@ -1,0 +1,48 @@
+"""The inference model exports to ONNX with a dynamic candidate axis and matches PyTorch."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from ranker.models import build_model
+
+CONFIGS = {
+    "mmoe": {"num_experts": 4, "expert_units": [32, 16], "feeds": {"completion": "click"}},
+    "ple": {"num_levels": 2, "expert_units": [32, 16], "feeds": {"completion": "click"}},
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # pytree deprecation inside torch.export
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_onnx_matches_torch(kind: str, spec, make_inputs, tmp_path: Path) -> None:
+    model = build_model(kind, spec, config={"embedding_dim": 8, **CONFIGS[kind]}).eval()
+    example = make_inputs(spec, 1, 5)
+    n = torch.export.Dim("n")  # candidates; user inputs keep batch 1
+    dynamic = {k: ({0: n} if k.startswith("item_") else None) for k in example}
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        model,
+        (),
+        kwargs={"inputs": example},
+        f=path,
+        dynamo=True,
+        opset_version=18,
+        input_names=model.input_names,
+        output_names=list(model.task_names),
+        dynamic_shapes={"inputs": dynamic},
+        verbose=False,
+    )
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == model.input_names
+    assert [o.name for o in session.get_outputs()] == ["click", "watch_time", "completion"]
+    for rows in (1, 37):
+        x = make_inputs(spec, 1, rows, seed=rows)
+        got = session.run(None, {k: v.numpy() for k, v in x.items()})
+        with torch.no_grad():
+            want = model(x)
+        for name, value in zip(model.task_names, got, strict=True):
+            assert value.shape == (rows,)
+            np.testing.assert_allclose(value, want[name].numpy(), rtol=0, atol=1e-4)

@@ -1,0 +1,152 @@
+"""Trainer: an end-to-end run, determinism, resume == uninterrupted, config errors, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.conftest import tiny_overrides
+from training.cli import main
+from training.config import ConfigError, load_config
+from training.trainer import BEST, CHECKPOINT, Trainer, load_best, prepare_data
+
+
+def run(log: Path, run_dir: Path, *extra: str, resume: bool = False) -> dict:
+    config = load_config(None, tiny_overrides(log, run_dir, *extra))
+    trainer = Trainer(config, prepare_data(config), run_dir, progress=False)
+    if resume:
+        trainer.load_checkpoint(run_dir / CHECKPOINT)
+    return trainer.fit()
+
+
+def model_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)["wrapper_state"]
+
+
+def test_run_writes_metrics_plots_and_checkpoints(tiny_log: Path, tmp_path: Path) -> None:
+    result = run(tiny_log, tmp_path, "balancer.name=emtl", "aux.form=bottleneck")
+    for name in (
+        "metrics.json",
+        "steps.csv",
+        BEST,
+        CHECKPOINT,
+        "losses.png",
+        "equity.png",
+        "weights.png",
+        "gates.png",
+    ):
+        assert (tmp_path / name).exists(), name
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["epochs_run"] == 2 and doc["steps"] == 8
+    test = doc["test"]
+    assert 0.0 <= test["click"]["auc"] <= 1.0
+    assert test["click"]["oracle_auc"] > 0.6  # the simulator's Bayes-optimal AUC
+    assert np.isfinite(test["watch_time"]["rmse"]) and "gap_rmse" in test["watch_time"]
+    assert result["test"] == test
+    model = load_best(tmp_path / BEST)
+    assert not any("aux" in name for name in model.state_dict())
+
+
+def test_same_seed_same_model(tiny_log: Path, tmp_path: Path) -> None:
+    run(tiny_log, tmp_path / "a", "balancer.name=famo")
+    run(tiny_log, tmp_path / "b", "balancer.name=famo")
+    a, b = model_state(tmp_path / "a"), model_state(tmp_path / "b")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("method", ["emtl", "uw"])
+def test_resume_equals_uninterrupted(tiny_log: Path, tmp_path: Path, method: str) -> None:
+    extra = (f"balancer.name={method}", "aux.form=linear", "model.config.dropout=0.2")
+    run(tiny_log, tmp_path / "whole", *extra)
+    run(tiny_log, tmp_path / "parts", *extra, "train.epochs=1")
+    run(tiny_log, tmp_path / "parts", *extra, resume=True)
+    whole, parts = model_state(tmp_path / "whole"), model_state(tmp_path / "parts")
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())["test"]
+    b = json.loads((tmp_path / "parts" / "metrics.json").read_text())["test"]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("train.batch_size=big", "train.batch_size"),
+        ("train.bogus=1", "train.bogus"),
+        ("model.config.num_expertz=4", "model.config.num_expertz"),
+        ("model.kind=transformer", "model.kind"),
+        ("balancer.name=magic", "balancer.name"),
+        ("balancer.params.rho_=0.1", "balancer.params.rho_"),
+        ("balancer.gradients=both", "balancer.gradients"),
+        ("optimizer.task_lr.clicks=0.1", "optimizer.task_lr.clicks"),
+        ("aux.form=huge", "aux.form"),
+        ("data.paths=7", "data.paths"),
+    ],
+)
+def test_bad_config_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["balancer.name=emtl", override] if "rho_" in override else [override])
+    assert str(info.value).startswith(key)
+
+
+def test_cli_reports_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("train: {epochs: [1]}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs: expected an integer" in err and "Traceback" not in err
+    assert main(["train", f"out={tmp_path}", "--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("gradients", ["representation", "parameters"])
+def test_two_process_data_parallel_matches_single_process(
+    tiny_log: Path, tmp_path: Path, gradients: str
+) -> None:
+    extra = ["balancer.name=emtl", f"balancer.gradients={gradients}", "train.epochs=1"]
+    single = tmp_path / "single"
+    run(tiny_log, single, *extra)
+    parallel = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "training.cli",
+        "train",
+        "--quiet",
+        *tiny_overrides(tiny_log, parallel, *extra),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = model_state(single), model_state(parallel)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    balancer_a = torch.load(single / CHECKPOINT, weights_only=True)["balancer_state"]
+    balancer_b = torch.load(parallel / CHECKPOINT, weights_only=True)["balancer_state"]
+    for name in balancer_a:
+        torch.testing.assert_close(
+            balancer_b[name], balancer_a[name], rtol=1e-4, atol=1e-6, msg=name
+        )

@@ -1,0 +1,272 @@
+"""Training configuration: frozen dataclasses that YAML files and `key=value` overrides fill.
+
+Every error names the key path (`train.batch_size`, `model.config.num_experts`) and, for unknown
+keys, lists the valid ones. Model and balancer fields are checked against their own builders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Log directories or files (Parquet/CSV).
+    paths: tuple[str, ...] = ("out/demo/data",)
+    # Feature spec YAML; None: the simulator's spec shipped with ranker.
+    spec: str | None = None
+    # Time split: the last `test_days` days test, the `valid_days` before them validate.
+    valid_days: int = 1
+    test_days: int = 1
+    # Use only the newest `window_days` days before the split (None: all days).
+    window_days: int | None = None
+    # Drop and count invalid rows instead of failing.
+    drop_invalid: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    # Architecture: shared_bottom, mmoe or ple.
+    kind: str = "mmoe"
+    # Fields of the architecture's config dataclass (see ranker.models).
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    # Tasks in output order.
+    names: tuple[str, ...] = ("click", "watch_time", "completion")
+    # task -> loss name (e.g. watch_time: log_mse or mse).
+    losses: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    # Loss-balancing method (ranker.balancing.BALANCERS).
+    name: str = "ew"
+    # Constructor parameters of the method.
+    params: Mapping[str, Any] = field(default_factory=dict)
+    # Where per-task gradients are taken: `representation` (cheap, MGDA-UB style) or `parameters`.
+    gradients: str = "representation"
+
+
+@dataclass(frozen=True)
+class AuxSection:
+    # Self-auxiliary head form: none, linear, pool or bottleneck.
+    form: str = "none"
+    # Weight of the auxiliary loss.
+    gamma: float = 0.3
+    # Width of the bottleneck form / group size of the pool form.
+    bottleneck_units: int = 8
+    pool_size: int = 4
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    # Learning rate of the shared part (embeddings, experts, gates).
+    lr: float = 1e-3
+    # Per-task learning rates (tower + auxiliary head); default `lr`.
+    task_lr: Mapping[str, float] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    # Clip the global gradient norm (0: off).
+    clip_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainLoop:
+    epochs: int = 3
+    batch_size: int = 2048
+    seed: int = 0
+    # Stop early after this many epochs without a better early-stopping score (0: never).
+    patience: int = 2
+    # Early-stopping metric: `score` (mean of click AUC and the regression tasks' normalised scores)
+    # or a metric key such as `click.auc`.
+    early_stopping: str = "score"
+    # Stop each epoch after this many steps (None: the whole epoch); for quick runs.
+    max_steps_per_epoch: int | None = None
+    # torch threads (None: torch's default).
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    aux: AuxSection = field(default_factory=AuxSection)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainLoop = field(default_factory=TrainLoop)
+    # Run directory (checkpoints, metrics.json, plots).
+    out: str = "runs/latest"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build(cls: type, doc: Any, path: str = "") -> Any:
+    """Fill dataclass `cls` from a mapping, checking keys and types; errors name the key path."""
+    where = path or "config"
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(doc).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(doc) - set(names))
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{key}: unknown key; valid keys here: {names}")
+    values = {}
+    for name in names:
+        if name in doc:
+            key = f"{path}.{name}" if path else name
+            values[name] = _convert(hints[name], doc[name], key)
+    return cls(**values)
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, key)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        value_kind = args[1] if args else Any
+        return {str(k): _convert(value_kind, v, f"{key}.{k}") for k, v in value.items()}
+    if kind is Any:
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {kind}")
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a config document."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}") from None
+        node = doc
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return doc
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (or defaults when None), apply overrides, validate."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    config = build(TrainConfig, apply_overrides(doc, overrides))
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks that need the model, task and balancer registries (before any data is read)."""
+    from ranker.balancing import BALANCERS, balancer_params
+    from ranker.models import MODELS
+
+    kind = config.model.kind
+    if kind not in MODELS:
+        raise ConfigError(f"model.kind: unknown model {kind!r}; valid: {sorted(MODELS)}")
+    valid_fields = [f.name for f in dataclasses.fields(MODELS[kind].config_class)]
+    for name in config.model.config:
+        if name not in valid_fields:
+            raise ConfigError(f"model.config.{name}: unknown {kind} field; valid: {valid_fields}")
+    method = config.balancer.name
+    if method not in BALANCERS:
+        raise ConfigError(f"balancer.name: unknown balancer {method!r}; valid: {list(BALANCERS)}")
+    for name in config.balancer.params:
+        if name not in balancer_params(method):
+            raise ConfigError(
+                f"balancer.params.{name}: unknown parameter of {method!r}; valid: {balancer_params(method)}"
+            )
+    loop = config.train
+    for key, value in (("train.epochs", loop.epochs), ("train.batch_size", loop.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if config.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr: must be > 0, got {config.optimizer.lr}")
+    for task, lr in config.optimizer.task_lr.items():
+        if task not in config.tasks.names:
+            raise ConfigError(
+                f"optimizer.task_lr.{task}: unknown task; tasks: {list(config.tasks.names)}"
+            )
+        if lr <= 0:
+            raise ConfigError(f"optimizer.task_lr.{task}: must be > 0, got {lr}")
+    if config.balancer.gradients not in ("representation", "parameters"):
+        raise ConfigError(
+            f"balancer.gradients: must be 'representation' or 'parameters', got {config.balancer.gradients!r}"
+        )
+    if config.aux.form not in ("none", "linear", "pool", "bottleneck"):
+        raise ConfigError(
+            f"aux.form: must be one of none, linear, pool, bottleneck; got {config.aux.form!r}"
+        )
+    if config.data.valid_days < 1 or config.data.test_days < 0:
+        raise ConfigError("data.valid_days must be >= 1 and data.test_days >= 0")

@@ -1,0 +1,448 @@
+"""`ranker train`: fit a multi-task model with a loss balancer, evaluate each epoch, checkpoint.
+
+Run directory:
+    checkpoint.pt  full state of the last finished epoch (model, aux heads, optimizer, balancer,
+                   RNG, history) for `--resume`
+    best.pt        the inference model of the best epoch + config + fitted feature spec (export reads it)
+    metrics.json   per-epoch validation metrics, final valid/test metrics with oracle gaps
+    steps.csv      per-step task losses, balancer weights, relative rates (equity), gate usage
+    *.png          loss curves, equity curve, balancer weights, gate utilisation
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ranker.balancing import Balancer, build_balancer
+from ranker.balancing.gramian import gramian_on_representation
+from ranker.features import FeatureEncoder, fit_dense_stats
+from ranker.models import AuxConfig, MultiTaskModel, MultiTaskTrainingModel, build_model
+from ranker.schema import FeatureSpec, load_default_spec
+from ranker.tasks import build_tasks
+from training.config import ConfigError, TrainConfig
+from training.data import DaySplit, EncodedData, encode_log, read_log, split_days
+from training.distributed import World, all_reduce_sum, average_gradients, barrier
+from training.evaluate import evaluate_model, higher_is_better, lookup
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class PreparedData:
+    """A log split by day and encoded with the spec fitted on the training days."""
+
+    spec: FeatureSpec
+    split: DaySplit
+    train: EncodedData
+    valid: EncodedData
+    test: EncodedData | None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Read, validate, split by day, fit dense statistics on the training days, encode."""
+    data = config.data
+    spec = FeatureSpec.load(data.spec) if data.spec else load_default_spec()
+    log = read_log(list(data.paths), spec, drop_invalid=data.drop_invalid)
+    split = split_days(log.days(), valid_days=data.valid_days, test_days=data.test_days)
+    train_days = split.train
+    if data.window_days is not None:
+        train_days = train_days[-data.window_days :]
+        split = DaySplit(train_days, split.valid, split.test)
+    train_log = log.filter_days(split.train)
+    columns = {name: train_log.table[name] for name in spec.names if spec[name].kind == "dense"}
+    spec = fit_dense_stats(spec, columns)
+    encoder = FeatureEncoder(spec)
+    return PreparedData(
+        spec=spec,
+        split=split,
+        train=encode_log(train_log, encoder),
+        valid=encode_log(log.filter_days(split.valid), encoder),
+        test=encode_log(log.filter_days(split.test), encoder) if split.test else None,
+        dropped=dict(log.dropped),
+    )
+
+
+def build_training(
+    config: TrainConfig, spec: FeatureSpec
+) -> tuple[MultiTaskTrainingModel, Balancer]:
+    """The training wrapper (model + aux heads) and the balancer; errors name the config key."""
+    try:
+        tasks = build_tasks(config.tasks.names, config.tasks.losses)
+    except ValueError as exc:
+        raise ConfigError(f"tasks: {exc}") from None
+    try:
+        model = build_model(config.model.kind, spec, tasks, config.model.config)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    aux = None
+    if config.aux.form != "none":
+        aux = AuxConfig(
+            form=config.aux.form,  # type: ignore[arg-type]
+            gamma=config.aux.gamma,
+            pool_size=config.aux.pool_size,
+            bottleneck_units=config.aux.bottleneck_units,
+        )
+    try:
+        balancer = build_balancer(
+            config.balancer.name,
+            len(tasks),
+            config.balancer.params,
+            regression=[t.is_regression for t in tasks],
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"balancer: {exc}") from None
+    return MultiTaskTrainingModel(model, aux), balancer
+
+
+def _save_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=True))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+class Trainer:
+    """Owns one training run: the loop, evaluation, checkpoints and the run directory."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: PreparedData,
+        run_dir: Path,
+        world: World | None = None,
+        progress: bool = True,
+        equity_every: int = 10,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.run_dir = run_dir
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
+        # Every `equity_every` steps the Gramian is computed for logging the relative rates, even
+        # for methods that do not use it, so every method gets an equity curve.
+        self.equity_every = equity_every
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        torch.manual_seed(config.train.seed)
+        self.wrapper, self.balancer = build_training(config, data.spec)
+        self.device = torch.device(self.world.device)
+        self.wrapper.to(self.device)
+        self.balancer.to(self.device)
+        groups = self.wrapper.param_groups(config.optimizer.lr, config.optimizer.task_lr)
+        balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
+        if balancer_params:
+            groups.append(
+                {"name": "balancer", "params": balancer_params, "lr": config.optimizer.lr}
+            )
+        self.optimizer = torch.optim.Adam(groups, weight_decay=config.optimizer.weight_decay)
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+        self.best_epoch = -1
+        self.stale_epochs = 0
+        self.task_names = list(self.wrapper.task_names)
+
+    @property
+    def model(self) -> MultiTaskModel:
+        return self.wrapper.model
+
+    # -- one step ---------------------------------------------------------------------------
+    def _tensors(self, arrays: Mapping[str, np.ndarray], part: slice) -> dict[str, Tensor]:
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v[part])).to(self.device)
+            for k, v in arrays.items()
+        }
+
+    def train_step(self, batch: EncodedData) -> dict[str, Any]:
+        """Forward, balance, one backward, average gradients over ranks, optimizer step."""
+        world = self.world
+        part = world.shard(batch.rows)
+        local_rows = part.stop - part.start
+        inputs = self._tensors(batch.inputs, part)
+        labels = self._tensors({t: batch.labels[t] for t in self.task_names}, part)
+        out = self.wrapper(inputs, labels)
+        # Scaled so that averaging over ranks gives the global batch's mean loss and gradients.
+        scale = local_rows * world.size / batch.rows
+        losses = out.losses * scale
+        wants = self.balancer.wants_gramian(self.step)
+        log_equity = self.equity_every > 0 and self.step % self.equity_every == 0
+        gramian = self._gramian(losses, out.shared) if (wants or log_equity) else None
+        global_losses = all_reduce_sum(losses.detach(), world) / world.size
+        weights = self.balancer.weights(global_losses, gramian if wants else None)
+        total = (weights * losses).sum()
+        regulariser = self.balancer.regulariser()
+        if regulariser is not None:
+            total = total + regulariser
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        average_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)
+        if self.config.optimizer.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(
+                self.wrapper.parameters(), self.config.optimizer.clip_norm
+            )
+        self.optimizer.step()
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        main = all_reduce_sum(out.main_losses.detach() * scale, world) / world.size
+        for i, task in enumerate(self.task_names):
+            record[f"loss_{task}"] = float(main[i])
+            record[f"w_{task}"] = float(weights[i].detach())
+        if gramian is not None:
+            norms = gramian.diagonal().clamp_min(0).sqrt()
+            rates = (global_losses.double() / (norms + 1e-12)).cpu().numpy()
+            for i, task in enumerate(self.task_names):
+                record[f"r_{task}"] = float(rates[i])
+            record["r_var"] = float(np.var(rates / rates.mean())) if rates.mean() > 0 else math.nan
+        for gate, usage in self.wrapper.gate_usage.items():
+            record[f"gate_{gate}"] = " ".join(f"{u:.4f}" for u in usage.cpu().tolist())
+        self.step += 1
+        return record
+
+    def _gramian(self, losses: Tensor, shared: tuple[Tensor, ...]) -> Tensor:
+        """The Gramian of the global batch's per-task gradients, identical on every rank."""
+        task_losses = list(losses.unbind())
+        if self.config.balancer.gradients == "representation":
+            local = gramian_on_representation(task_losses, shared)
+            # Rows are disjoint across ranks: the per-row products add up (scaled by W^2).
+            return all_reduce_sum(local, self.world) / self.world.size**2
+        params = [p for p in self.model.shared_parameters() if p.requires_grad]
+        grads = [
+            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            for loss in task_losses
+        ]
+        flat = torch.stack(
+            [
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(gs, params, strict=True)
+                    ]
+                )
+                for gs in grads
+            ]
+        )
+        flat = all_reduce_sum(flat, self.world) / self.world.size
+        return (flat @ flat.T).double()
+
+    # -- epochs -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs with early stopping; returns the final metrics document."""
+        loop = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        steps_file = self.run_dir / "steps.csv"
+        started = time.perf_counter()
+        while self.epoch < loop.epochs:
+            records = self._train_epoch()
+            if self.world.is_main:
+                _append_csv(steps_file, records)
+                valid = evaluate_model(self.model, self.data.valid, device=str(self.device))
+                self._after_epoch(valid, records)
+            barrier(self.world)
+            self._sync_stop()
+            self.epoch += 1
+            if self.world.is_main:
+                self.save_checkpoint(self.run_dir / CHECKPOINT)
+            if self.stale_epochs >= loop.patience > 0:
+                break
+        return self._finish(time.perf_counter() - started)
+
+    def _train_epoch(self) -> list[dict[str, Any]]:
+        loop = self.config.train
+        self.wrapper.train()
+        batches = self.data.train.shuffled_batches(
+            loop.batch_size, seed=loop.seed * 1000 + self.epoch
+        )
+        total = -(-self.data.train.rows // loop.batch_size)
+        if loop.max_steps_per_epoch is not None:
+            total = min(total, loop.max_steps_per_epoch)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=total, desc=f"epoch {self.epoch + 1}/{loop.epochs}", unit="step", leave=False
+            )
+        records = []
+        for index, batch in enumerate(batches):
+            if index >= total:
+                break
+            record = self.train_step(batch)
+            records.append(record)
+            if bar is not None:
+                bar.update()
+                bar.set_postfix({t: f"{record[f'loss_{t}']:.4g}" for t in self.task_names})
+        if bar is not None:
+            bar.close()
+        return records
+
+    def _after_epoch(
+        self, valid: dict[str, dict[str, float]], records: list[dict[str, Any]]
+    ) -> None:
+        key = self.config.train.early_stopping
+        try:
+            value = lookup(valid, key)
+        except KeyError:
+            raise ConfigError(f"train.early_stopping: unknown metric {key!r}") from None
+        better = self.best_value is None or (
+            value > self.best_value if higher_is_better(key) else value < self.best_value
+        )
+        train_loss = {t: float(np.mean([r[f"loss_{t}"] for r in records])) for t in self.task_names}
+        self.history.append({"epoch": self.epoch + 1, "train_loss": train_loss, "valid": valid})
+        if better:
+            self.best_value, self.best_epoch, self.stale_epochs = value, self.epoch + 1, 0
+            self.save_best(self.run_dir / BEST)
+        else:
+            self.stale_epochs += 1
+        if self.progress:
+            summary = ", ".join(f"{t} {train_loss[t]:.4g}" for t in self.task_names)
+            print(
+                f"epoch {self.epoch + 1}: train loss {summary}; valid {key} {value:.4f}"
+                + (" (best)" if better else "")
+            )
+
+    def _sync_stop(self) -> None:
+        """Rank 0 decides early stopping; the other ranks follow."""
+        if self.world.distributed:
+            flag = torch.tensor([float(self.stale_epochs)], device=self.device)
+            self.stale_epochs = int(
+                all_reduce_sum(flag if self.world.is_main else flag * 0, self.world).item()
+            )
+
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        if not self.world.is_main:
+            return {}
+        best = load_best(self.run_dir / BEST, device=str(self.device))
+        doc: dict[str, Any] = {
+            "config": self.config.to_dict(),
+            "split": {
+                "train": self.data.split.train,
+                "valid": self.data.split.valid,
+                "test": self.data.split.test,
+            },
+            "rows": {
+                "train": self.data.train.rows,
+                "valid": self.data.valid.rows,
+                "test": self.data.test.rows if self.data.test else 0,
+            },
+            "dropped": self.data.dropped,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epoch,
+            "steps": self.step,
+            "seconds": seconds,
+            "history": self.history,
+            "valid": evaluate_model(best, self.data.valid),
+        }
+        if self.data.test is not None:
+            doc["test"] = evaluate_model(best, self.data.test)
+        _save_json(self.run_dir / "metrics.json", doc)
+        from training.plots import plot_run
+
+        plot_run(self.run_dir)
+        return doc
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_best(self, path: Path) -> None:
+        """What export needs: the inference model's weights, its hyper-parameters and spec."""
+        _atomic_save(
+            {
+                "model_state": self.model.state_dict(),
+                "hparams": self.model.hparams(),
+                "spec_yaml": self.data.spec.to_yaml(),
+                "config": self.config.to_dict(),
+                "epoch": self.epoch + 1,
+                "split": {
+                    "train": self.data.split.train,
+                    "valid": self.data.split.valid,
+                    "test": self.data.split.test,
+                },
+            },
+            path,
+        )
+
+    def save_checkpoint(self, path: Path) -> None:
+        _atomic_save(
+            {
+                "wrapper_state": self.wrapper.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+                "balancer_state": self.balancer.state_dict(),
+                "config": self.config.to_dict(),
+                "spec_yaml": self.data.spec.to_yaml(),
+                "epoch": self.epoch,
+                "step": self.step,
+                "history": json.dumps(self.history, default=_json_default),
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "stale_epochs": self.stale_epochs,
+                "torch_rng": torch.get_rng_state(),
+            },
+            path,
+        )
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.wrapper.load_state_dict(state["wrapper_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.balancer.load_state_dict(state["balancer_state"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.best_value = state["best_value"]
+        self.best_epoch = int(state["best_epoch"])
+        self.stale_epochs = int(state["stale_epochs"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _append_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    if not records:
+        return
+    fields: list[str] = []
+    for record in records:
+        fields.extend(k for k in record if k not in fields)
+    existing: list[dict[str, Any]] = []
+    if path.exists():
+        with path.open() as handle:
+            existing = list(csv.DictReader(handle))
+        for row in existing:
+            fields.extend(k for k in row if k not in fields)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(existing)
+        writer.writerows(records)
+
+
+def load_best(path: Path, device: str = "cpu") -> MultiTaskModel:
+    """The best epoch's inference model from a run directory's best.pt."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    spec = FeatureSpec.from_yaml(state["spec_yaml"], str(path))
+    hparams = state["hparams"]
+    tasks = build_tasks(
+        [t["name"] for t in hparams["tasks"]], {t["name"]: t["loss"] for t in hparams["tasks"]}
+    )
+    model = build_model(hparams["kind"], spec, tasks, hparams["config"])
+    model.load_state_dict(state["model_state"])
+    model.to(device)
+    model.eval()
+    return model

@@ -1,0 +1,128 @@
+"""Small solvers shared by several methods: the min-norm point (MGDA, EMTL, CAGrad) and the
+KL-ball mirror-ascent step (BanditMTL, EMTL).
+
+They run in float64 NumPy on the CPU: the problems are K-sized, so per-operation overhead, not
+arithmetic, sets their cost, and NumPy's is several times lower than torch's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def simplex_qp(
+    quad: np.ndarray,
+    lin: np.ndarray,
+    start: np.ndarray | None = None,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-12,
+) -> np.ndarray:
+    """argmin over the simplex of 1/2 a^T Q a + c^T a, for a PSD Q, by away-step Frank-Wolfe.
+
+    Frank-Wolfe with exact line search, as in MGDA (Sener & Koltun, NeurIPS 2018), plus away
+    steps (Lacoste-Julien & Jaggi, NeurIPS 2015) so that the iterates converge linearly and drop
+    vertices that do not belong to the support. For K = 2 the first step spans the whole simplex,
+    so the exact line search returns the closed-form optimum. Stops when the Frank-Wolfe duality
+    gap falls below `tol` times the scale of the problem.
+    """
+    k = quad.shape[0]
+    if start is None:
+        a = np.zeros(k)
+        a[int(np.argmin(0.5 * quad.diagonal() + lin))] = 1.0
+    else:
+        a = start.astype(np.float64, copy=True)
+    qa = quad @ a
+    scale = float(np.abs(quad).max() + np.abs(lin).max())
+    for _ in range(max_iter):
+        grad = qa + lin
+        s = int(np.argmin(grad))
+        grad_a = float(grad @ a)
+        gap_fw = grad_a - float(grad[s])
+        if gap_fw <= tol * scale:
+            break
+        v = int(np.argmax(np.where(a > 0.0, grad, -np.inf)))
+        away = float(grad[v]) - grad_a > gap_fw
+        if away:
+            direction = a.copy()
+            direction[v] -= 1.0
+            max_step = a[v] / (1.0 - a[v])
+            q_dir = qa - quad[:, v]
+        else:
+            direction = -a
+            direction[s] += 1.0
+            max_step = 1.0
+            q_dir = quad[:, s] - qa
+        curvature = float(direction @ q_dir)
+        slope = float(grad @ direction)
+        step = max_step if curvature <= 0.0 else min(-slope / curvature, max_step)
+        a = a + step * direction
+        qa = qa + step * q_dir
+        if away and step == max_step:
+            a[v] = 0.0  # a drop step: make the vertex leave the support exactly
+    return a
+
+
+def min_norm_weights(gramian: Tensor, *, max_iter: int = 1000, tol: float = 1e-12) -> Tensor:
+    """Weights a on the simplex of the min-norm point sum_i a_i g_i of the hull of the g_i.
+
+    MGDA's sub-problem (Sener & Koltun 2018): min_a a^T G a, solved on the Gramian alone.
+    Returns uniform weights when every gradient is zero (any point is then min-norm).
+    """
+    g = gramian.detach().cpu().numpy().astype(np.float64)
+    k = g.shape[0]
+    if not float(g.diagonal().max(initial=0.0)) > 0.0:
+        a = np.full(k, 1.0 / k)
+    else:
+        a = simplex_qp(g, np.zeros(k), max_iter=max_iter, tol=tol)
+    return torch.from_numpy(a).to(gramian.device, gramian.dtype)
+
+
+def kl(p: np.ndarray) -> float:
+    """KL(p || uniform) = sum_i p_i log(K p_i)."""
+    nz = p > 0.0
+    return float(np.sum(p[nz] * np.log(p.size * p[nz])))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def kl_ball_mirror_ascent(
+    p: Tensor, rewards: Tensor, eta: float, rho: float, *, max_iter: int = 200
+) -> tuple[Tensor, float]:
+    """One BanditMTL step (Mao et al., ACL 2021): the new task distribution and its multiplier.
+
+    Solves max_p eta <p, rewards> - KL(p || p_prev) subject to KL(p || uniform) <= rho, whose
+    solution is p proportional to q ** (1 / (1 + lam)) with q = p_prev * exp(eta * rewards); lam = 0
+    when the constraint does not bind and otherwise is found by bisection so that the KL is rho.
+    The bisection runs on tau = 1 / (1 + lam) in log space, because tau spans many decades when
+    rewards do (losses of 1e8 need tau ~ 1e-8), and returns the feasible end (KL <= rho).
+    """
+    # log q, computed in log space so that rewards of any size cannot overflow
+    x = np.log(np.maximum(p.detach().cpu().numpy().astype(np.float64), np.finfo(np.float64).tiny))
+    x = x + eta * rewards.detach().cpu().numpy().astype(np.float64)
+    spread = float(x.max() - x.min())
+    q = _softmax(x)
+    if kl(q) <= rho:
+        new_p, lam = q, 0.0
+    else:
+        # KL(softmax(tau x) || u) <= tau * spread, so log(rho / spread) is feasible, 0 is not;
+        # KL grows monotonically with tau (entropy of a Gibbs distribution falls with 1/T).
+        lo, hi = math.log(rho / spread), 0.0
+        for _ in range(max_iter):
+            if hi - lo <= 1e-14:
+                break
+            mid = 0.5 * (lo + hi)
+            if kl(_softmax(math.exp(mid) * x)) <= rho:
+                lo = mid
+            else:
+                hi = mid
+        tau = math.exp(lo)
+        new_p, lam = _softmax(tau * x), 1.0 / tau - 1.0
+    return torch.from_numpy(new_p).to(p.device, p.dtype), lam

@@ -1,0 +1,78 @@
+"""Self-auxiliary heads ("Can Small Heads Help?", Wang et al., WWW 2022), training only.
+
+Each head reads the same input as its task's tower (feed columns included) and predicts the same
+raw output with the same loss; being under-parameterised, it regularises the shared layers beneath.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+AuxForm = Literal["linear", "pool", "bottleneck"]
+AUX_FORMS: tuple[str, ...] = ("linear", "pool", "bottleneck")
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    # Head form: linear (one dense layer to the output), pool (average groups of pool_size units,
+    # then dense), bottleneck (dense of bottleneck_units, ReLU, then the output).
+    form: AuxForm = "linear"
+    # Weight of the auxiliary loss: task loss = L_main + gamma * L_aux (paper: tune 0.1-1).
+    gamma: float = 0.3
+    # Units averaged together by the pool form (the last group may be smaller).
+    pool_size: int = 4
+    # Width of the bottleneck form's hidden layer (paper: 4-8).
+    bottleneck_units: int = 8
+    # Tasks that get a head; None: every task.
+    tasks: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.form not in AUX_FORMS:
+            raise ValueError(f"aux form must be one of {list(AUX_FORMS)}, got {self.form!r}")
+        if not self.gamma >= 0:
+            raise ValueError(f"aux gamma must be >= 0, got {self.gamma}")
+        if self.pool_size < 1 or self.bottleneck_units < 1:
+            raise ValueError("aux pool_size and bottleneck_units must be >= 1")
+        if self.tasks is not None:
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+
+
+class PoolHead(nn.Module):
+    """[N, in_dim] -> mean of each group of `size` consecutive units [N, G] -> dense -> [N]."""
+
+    pool: Tensor  # [in_dim, groups] averaging matrix
+
+    def __init__(self, in_dim: int, size: int) -> None:
+        super().__init__()
+        groups = -(-in_dim // size)
+        member = torch.arange(in_dim) // size
+        pool = torch.zeros(in_dim, groups)
+        pool[torch.arange(in_dim), member] = 1.0
+        self.register_buffer("pool", pool / pool.sum(dim=0))
+        self.out = nn.Linear(groups, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(x @ self.pool).squeeze(-1)
+
+
+class _Squeeze(nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x).squeeze(-1)
+
+
+def make_aux_head(in_dim: int, config: AuxConfig) -> nn.Module:
+    """A head of the configured form: [N, in_dim] -> raw output [N]."""
+    if config.form == "pool":
+        return PoolHead(in_dim, config.pool_size)
+    if config.form == "bottleneck":
+        u = config.bottleneck_units
+        return _Squeeze(nn.Sequential(nn.Linear(in_dim, u), nn.ReLU(), nn.Linear(u, 1)))
+    return _Squeeze(nn.Linear(in_dim, 1))

@@ -1,0 +1,102 @@
+"""Training wrapper: losses, self-auxiliary heads and what loss balancers need.
+
+The wrapped inference model stays exportable as is; the wrapper's own parameters (auxiliary heads)
+never reach it. Stop-gradient feeds are part of the model (config `feeds`), so the exported graph
+reads the same fed inputs as training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ranker.models.aux_heads import AuxConfig, make_aux_head
+from ranker.models.base import MultiTaskModel
+from ranker.models.losses import task_loss
+
+
+class TrainingStep(NamedTuple):
+    """One forward pass of the training wrapper."""
+
+    # [K] task losses in task order, L_main + gamma * L_aux: what a balancer weights.
+    losses: Tensor
+    # [K] main-head losses (equal to `losses` without auxiliary heads), for logging and metrics.
+    main_losses: Tensor
+    # [K] auxiliary-head losses, 0 for tasks without a head; None without auxiliary heads.
+    aux_losses: Tensor | None
+    # task -> [N] raw model outputs.
+    raw: dict[str, Tensor]
+    # Shared representation tensor(s) (in the graph), for cheap-mode per-task gradients.
+    shared: tuple[Tensor, ...]
+    # gate name -> [N, E] gate weights of this batch.
+    gates: dict[str, Tensor]
+
+
+class MultiTaskTrainingModel(nn.Module):
+    """model + optional self-auxiliary heads -> per-task losses for a batch.
+
+    Balancers take per-task gradients either on `shared_parameters()` (dense, never embeddings) or,
+    cheaply, on `TrainingStep.shared`; the trainer then runs one backward of sum_k w_k losses[k].
+    `gate_usage` holds the last batch's mean gate weight per expert (detached) for logging.
+    """
+
+    def __init__(self, model: MultiTaskModel, aux: AuxConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.aux = aux
+        self.aux_heads = nn.ModuleDict()
+        if aux is not None:
+            names = model.task_names if aux.tasks is None else aux.tasks
+            unknown = sorted(set(names) - set(model.task_names))
+            if unknown:
+                raise ValueError(
+                    f"aux heads for unknown tasks {unknown}; tasks: {model.task_names}"
+                )
+            for t in names:
+                self.aux_heads[t] = make_aux_head(model.towers.in_dim(t), aux)
+        self.gate_usage: dict[str, Tensor] = {}
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.model.task_names
+
+    def forward(self, inputs: Mapping[str, Tensor], labels: Mapping[str, Tensor]) -> TrainingStep:
+        """inputs: encoded features (see ranker.models.inputs); labels: task -> [N] natural units."""
+        missing = [t for t in self.task_names if t not in labels]
+        if missing:
+            raise KeyError(f"labels missing for tasks {missing}; got {sorted(labels)}")
+        parts = self.model.forward_parts(inputs)
+        main = torch.stack(
+            [task_loss(t, parts.raw[t.name], labels[t.name]) for t in self.model.tasks]
+        )
+        aux_losses = None
+        losses = main
+        if self.aux is not None:
+            zero = main.new_zeros(())
+            aux_losses = torch.stack(
+                [
+                    task_loss(t, self.aux_heads[t.name](parts.tower_inputs[t.name]), labels[t.name])
+                    if t.name in self.aux_heads
+                    else zero
+                    for t in self.model.tasks
+                ]
+            )
+            losses = main + self.aux.gamma * aux_losses
+        self.gate_usage = {k: w.detach().mean(dim=0) for k, w in parts.gates.items()}
+        return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.model.shared_parameters()
+
+    def param_groups(
+        self, lr: float, task_lr: Mapping[str, float] | None = None
+    ) -> list[dict[str, Any]]:
+        """The model's groups with each auxiliary head added to its task's group."""
+        groups = self.model.param_groups(lr, task_lr)
+        for group in groups:
+            if group["name"] in self.aux_heads:
+                group["params"] = group["params"] + list(self.aux_heads[group["name"]].parameters())
+        return groups

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
+def run_starts(*keys: np.ndarray) -> np.ndarray:
     """Boolean mask marking the first row of each run of equal keys (keys already sorted)."""
     n = len(keys[0])
     starts = np.zeros(n, dtype=bool)
@@ -20,14 +20,14 @@ def _run_starts(*keys: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _average_ranks(groups: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def average_ranks(groups: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks of scores within each group (ties share their average rank), and the order."""
     order = np.lexsort((scores, groups))
     g, s = groups[order], scores[order]
-    group_start = np.flatnonzero(_run_starts(g))
-    group_id = np.cumsum(_run_starts(g)) - 1
+    group_start = np.flatnonzero(run_starts(g))
+    group_id = np.cumsum(run_starts(g)) - 1
     position = np.arange(len(g)) - group_start[group_id] + 1.0
-    tie_start = _run_starts(g, s)
+    tie_start = run_starts(g, s)
     tie_id = np.cumsum(tie_start) - 1
     tie_sum = np.bincount(tie_id, weights=position)
     tie_count = np.bincount(tie_id)
@@ -39,9 +39,9 @@ def grouped_auc(
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUC per group and each group's size; NaN where a group lacks positives or negatives."""
     labels = np.asarray(labels, dtype=np.float64)
-    ranks, order = _average_ranks(np.asarray(groups), np.asarray(scores, dtype=np.float64))
+    ranks, order = average_ranks(np.asarray(groups), np.asarray(scores, dtype=np.float64))
     y = labels[order]
-    group_id = np.cumsum(_run_starts(np.asarray(groups)[order])) - 1
+    group_id = np.cumsum(run_starts(np.asarray(groups)[order])) - 1
     positives = np.bincount(group_id, weights=y)
     sizes = np.bincount(group_id).astype(np.float64)
     negatives = sizes - positives
@@ -104,7 +104,7 @@ def ndcg_per_group(
 
     def dcg(order: np.ndarray) -> np.ndarray:
         g = groups[order]
-        starts = _run_starts(g)
+        starts = run_starts(g)
         group_id = np.cumsum(starts) - 1
         position = rows - np.flatnonzero(starts)[group_id]
         discount = np.where(position < k, 1.0 / np.log2(position + 2.0), 0.0)

@@ -81,6 +81,57 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    manifest = export_run(Path(args.run_dir), Path(args.registry), args.name, parent=args.parent)
+    print(
+        f"exported {args.name} version {manifest.version} to {Path(args.registry) / args.name / manifest.version}"
+    )
+    print(f"ONNX vs PyTorch max abs diff: {manifest.exporter.get('max_abs_diff')}")
+    print(manifest.version)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from training.tune import render, tune, write_outputs
+
+    model_dir = Path(args.model)
+    result = tune(
+        model_dir,
+        args.data,
+        days=args.days,
+        objective=args.objective,
+        constraints=args.constraint or ["click.ndcg@10>=0.98x"],
+        trials=args.trials,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else model_dir.parent.parent.parent / "tuning" / model_dir.parent.name / model_dir.name
+    )
+    written = write_outputs(result, out, {"name": model_dir.parent.name, "version": model_dir.name})
+    print(render(result))
+    if "variant" in written:
+        print(f"\nvariant for the experiment config ({written['variant']}):")
+        print(written["variant"].read_text())
+    print(f"Pareto front: {written['pareto']} and {written['png']}")
+    return 0 if result.feasible else 3
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from training.compare import load_compare_config, run_compare
+
+    config = load_compare_config(args.config, args.overrides)
+    written = run_compare(config, progress=not args.quiet)
+    print(written["markdown"].read_text())
+    for label, path in written.items():
+        print(f"{label:<9} {path}")
+    return 0
+
+
 def render_metrics(result: dict) -> str:
     """Test (or validation) metrics of a training run as a few readable lines."""
     split = "test" if "test" in result else "valid"
@@ -154,6 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5"
     )
+
+    ex = add(
+        "export", _export, "export a run's best model to ONNX and publish it to the model registry"
+    )
+    ex.add_argument("run_dir", help="training run directory (holds best.pt)")
+    ex.add_argument("--registry", default="models", help="model registry root")
+    ex.add_argument("--name", default="ranker", help="model name in the registry")
+    ex.add_argument("--parent", help="version this model would replace (recorded in the manifest)")
+
+    tu = add("tune", _tune, "tune the ranking-score weights on held-out requests")
+    tu.add_argument(
+        "--model", required=True, help="model version directory, e.g. models/ranker/v0001"
+    )
+    tu.add_argument("--data", nargs="+", required=True, help="impression logs")
+    tu.add_argument(
+        "--days", nargs="*", help="days to tune on (default: the model's validation days)"
+    )
+    tu.add_argument("--objective", default="watch_time.ndcg@10", help="TASK.ndcg@K to maximise")
+    tu.add_argument(
+        "--constraint",
+        action="append",
+        help="TASK.ndcg@K>=V or >=Fx (fraction of the TASK-only ranking); repeatable",
+    )
+    tu.add_argument("--trials", type=int, default=150)
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--out", help="output directory (default: <registry>/../tuning/NAME/VERSION)")
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = add("demo", _demo, "run the main job end to end on embedded defaults")
     demo.add_argument("--workdir", default="out/demo", help="where data, runs and models go")

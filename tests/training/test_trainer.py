@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -150,3 +151,36 @@ def test_two_process_data_parallel_matches_single_process(
         torch.testing.assert_close(
             balancer_b[name], balancer_a[name], rtol=1e-4, atol=1e-6, msg=name
         )
+
+
+def test_compare_grid_writes_tables_and_plots(tiny_log: Path, tmp_path: Path) -> None:
+    from training.compare import load_compare_config, run_compare
+
+    base = {
+        "data": {"paths": [str(tiny_log)]},
+        "train": {"epochs": 1, "batch_size": 256, "max_steps_per_epoch": 2, "threads": 1},
+    }
+    base["model"] = {
+        "config": {"num_experts": 2, "expert_units": [8], "tower_units": [4], "embedding_dim": 4}
+    }
+    config = load_compare_config(
+        None,
+        [
+            f"out={tmp_path}",
+            "models=[mmoe]",
+            "balancers=[ew, emtl]",
+            "aux=[none, linear]",
+            "seeds=[0, 1]",
+        ],
+    )
+    config = dataclasses.replace(config, base=base)
+    written = run_compare(config, progress=False)
+    summary = written["markdown"].read_text()
+    assert summary.count("| mmoe |") == 4
+    rows = written["results"].read_text().strip().splitlines()
+    assert len(rows) == 1 + 8
+    assert "+0.00" in summary  # ew without aux is its own baseline
+    for name in ("pareto", "equity"):
+        assert written[name].exists()
+    with pytest.raises(ConfigError, match=r"balancer\.name"):
+        load_compare_config(None, ["balancers=[ew, nope]"])

@@ -88,7 +88,7 @@ def _export(args: argparse.Namespace) -> int:
     print(
         f"exported {args.name} version {manifest.version} to {Path(args.registry) / args.name / manifest.version}"
     )
-    print(f"ONNX vs PyTorch max abs diff: {manifest.exporter.get('max_abs_diff')}")
+    print(f"ONNX vs PyTorch max abs diff: {manifest.exporter.get('parity_max_diff')}")
     print(manifest.version)
     return 0
 

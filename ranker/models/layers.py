@@ -89,7 +89,7 @@ class Experts(nn.Module):
         else:
             self.first = SplitLinear(in_dims, num_experts * units[0])
         self.rest = nn.ModuleList(GroupLinear(num_experts, a, b) for a, b in pairwise(units))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @property
     def out_dim(self) -> int:
@@ -107,10 +107,12 @@ class Experts(nn.Module):
 
 
 def mlp(in_dim: int, units: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
-    """Linear -> ReLU -> Dropout per entry of `units`; empty `units` is the identity."""
+    """Linear -> ReLU (-> Dropout) per entry of `units`; empty `units` is the identity."""
     layers: list[nn.Module] = []
     for out_dim in units:
-        layers += [nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(in_dim, out_dim), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         in_dim = out_dim
     return nn.Sequential(*layers)
 

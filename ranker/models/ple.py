@@ -117,18 +117,17 @@ class PLE(MultiTaskModel):
         self._make_towers(width)
 
     def body(self, user: Tensor, item: Tensor) -> Body:
-        task_in: Sequence[Tensor] | Tensor = (user, item)
-        shared_in: Sequence[Tensor] = (user, item)
+        task_in: Sequence[Tensor] | Tensor = (user, item)  # later levels: [K, N, H]
+        shared_in: Sequence[Tensor] = (user, item)  # later levels: ([N, H],)
         gates: dict[str, Tensor] = {}
-        shared_experts = user  # replaced by every level
         for i, level in enumerate(self.levels):
-            task_out, shared_out, shared_experts, weights = level(task_in, shared_in)
+            task_in, shared_out, shared_experts, weights = level(task_in, shared_in)
             names = [*self.task_names, "shared"][: len(weights)]
             gates.update({f"level{i}/{name}": w for name, w in zip(names, weights, strict=True)})
-            task_in = task_out
             if shared_out is not None:
                 shared_in = (shared_out,)
         assert isinstance(task_in, Tensor)
+        # The last level's shared experts [s, N, H]: every task reads them, nothing else does.
         return Body(list(task_in.unbind(0)), (shared_experts,), gates)
 
     def shared_parameters(self) -> list[nn.Parameter]:

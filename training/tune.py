@@ -204,14 +204,13 @@ def tune(
         formula = ScoreFormula(weights=weights)
         evaluation = tuner.evaluate(formula, names)
         violations = slack(evaluation)
-        trial.set_user_attr("violations", violations)
+        for constraint, violation in zip(parsed, violations, strict=True):
+            trial.set_constraint(str(constraint), violation)
         history.append((formula, evaluation, all(v <= 0 for v in violations)))
         return evaluation.values[objective]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, constraints_func=lambda t: t.user_attrs["violations"]
-    )
+    sampler = optuna.samplers.TPESampler(seed=seed)  # reads the constraints each trial sets
     study = optuna.create_study(direction="maximize", sampler=sampler)
     default = (
         DEFAULT_FORMULA

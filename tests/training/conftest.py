@@ -33,3 +33,20 @@ def tiny_overrides(log: Path, run_dir: Path, *extra: str) -> list[str]:
         "model.config.embedding_dim=4",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained MMoE published to a fresh registry: returns its version directory."""
+    from training.config import load_config
+    from training.export import export_run
+    from training.trainer import Trainer, prepare_data
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    config = load_config(
+        None, tiny_overrides(tiny_log, run, "train.epochs=1", "train.max_steps_per_epoch=20")
+    )
+    Trainer(config, prepare_data(config), run, progress=False).fit()
+    registry = tmp_path_factory.mktemp("registry")
+    manifest = export_run(run, registry, "ranker")
+    return registry / "ranker" / manifest.version

@@ -1,0 +1,20 @@
+"""`ranker demo --quick` runs the whole offline chain and leaves a servable experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ranker.experiments import ExperimentConfig
+from ranker.registry import verify
+from training.cli import main
+
+
+def test_quick_demo_end_to_end(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--quick", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("simulate", "train MMoE + EMTL", "export ONNX", "tune the ranking-score"):
+        assert stage in out
+    config = ExperimentConfig.parse((tmp_path / "experiments.yaml").read_text())
+    for ref in config.model_refs():
+        verify(tmp_path / "models" / ref.name / ref.version)
+    assert (tmp_path / "tuning" / "pareto.png").exists()

@@ -1,5 +1,5 @@
 """EMTL: equitable multi-task learning ("Equitable Multi-Task Learning", arXiv 2306.09373), as
-reconstructed in docs METHODS.md, steps 1-5."""
+reconstructed in the project's METHODS.md, steps 1-5."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ class EMTL(Balancer):
     r_i is how much a task is served per unit of push on the shared layers; p, kept across updates
     in a buffer, shifts weight toward tasks with high r, and the KL ball (rho < ln K to bind) keeps
     it from collapsing onto one task. beta = 1 is plain MGDA. Logs r, p, a, w and the multiplier.
+
+    Because p accumulates, the constraint soon binds at every update: on the toy problem of
+    tests/ranker/balancing/test_emtl_equity.py p sat on the sphere KL = rho from the first steps,
+    tilted toward the tasks with persistently high r, and eta = 0.5 or 5 gave the same run. rho
+    (how far p may tilt) and beta (how much MGDA) are then the knobs that change the weights.
     """
 
     requires_gramian = True

@@ -18,7 +18,7 @@ class FAMO(Balancer):
     The logits xi learn from the decrease of the log losses between consecutive calls: the
     gradient of xi is the softmax Jacobian applied to that decrease, plus weight decay `decay`,
     and moves weight toward the tasks that improved least. As in the authors' code xi follows
-    Adam (lr 0.025, decay 1e-3), written out here so its moments live in buffers. The paper
+    Adam (lr 0.025, decay 0.01), written out here so its moments live in buffers. The paper
     measures the decrease on one batch before and after the step; between calls it is measured
     across consecutive batches.
     """
@@ -35,7 +35,7 @@ class FAMO(Balancer):
         self,
         num_tasks: int,
         lr: float = 0.025,
-        decay: float = 1e-3,
+        decay: float = 0.01,
         min_losses: Sequence[float] | None = None,
         eps: float = 1e-8,
         betas: tuple[float, float] = (0.9, 0.999),

@@ -28,8 +28,8 @@ class IMTLG(Balancer):
         assert gramian is not None
         check_finite(gramian, "gramian")
         norms = gramian.diagonal().clamp_min(0.0).sqrt()
-        a = torch.linalg.pinv(gramian, rtol=self.rtol, hermitian=True) @ norms
+        a: Tensor = torch.linalg.pinv(gramian, rtol=self.rtol, hermitian=True) @ norms
         total = float(a.sum())
         if not abs(total) > 0.0:
             return torch.ones_like(norms)  # all gradients zero: nothing to balance
-        return self.num_tasks * a / total
+        return a * (self.num_tasks / total)

@@ -88,9 +88,13 @@ def kl(p: np.ndarray) -> float:
     return float(np.sum(p[nz] * np.log(p.size * p[nz])))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
+def _gibbs(x: np.ndarray, tau: float) -> tuple[np.ndarray, float]:
+    """p = softmax(tau x) and KL(p || uniform) for x <= 0 with max 0 (so exp cannot overflow):
+    log(K p_i) = log K + tau x_i - log sum_j exp(tau x_j), written with few NumPy calls because
+    the bisection evaluates it ~50 times per step."""
+    e = np.exp(tau * x)
+    total = float(e.sum())
+    return e / total, tau * float(e @ x) / total - math.log(total) + math.log(x.size)
 
 
 def kl_ball_mirror_ascent(
@@ -107,22 +111,21 @@ def kl_ball_mirror_ascent(
     # log q, computed in log space so that rewards of any size cannot overflow
     x = np.log(np.maximum(p.detach().cpu().numpy().astype(np.float64), np.finfo(np.float64).tiny))
     x = x + eta * rewards.detach().cpu().numpy().astype(np.float64)
-    spread = float(x.max() - x.min())
-    q = _softmax(x)
-    if kl(q) <= rho:
-        new_p, lam = q, 0.0
-    else:
+    x = x - x.max()
+    new_p, divergence = _gibbs(x, 1.0)
+    lam = 0.0
+    if divergence > rho:
         # KL(softmax(tau x) || u) <= tau * spread, so log(rho / spread) is feasible, 0 is not;
         # KL grows monotonically with tau (entropy of a Gibbs distribution falls with 1/T).
-        lo, hi = math.log(rho / spread), 0.0
+        lo, hi = math.log(rho / -float(x.min())), 0.0
         for _ in range(max_iter):
             if hi - lo <= 1e-14:
                 break
             mid = 0.5 * (lo + hi)
-            if kl(_softmax(math.exp(mid) * x)) <= rho:
+            if _gibbs(x, math.exp(mid))[1] <= rho:
                 lo = mid
             else:
                 hi = mid
         tau = math.exp(lo)
-        new_p, lam = _softmax(tau * x), 1.0 / tau - 1.0
+        new_p, lam = _gibbs(x, tau)[0], 1.0 / tau - 1.0
     return torch.from_numpy(new_p).to(p.device, p.dtype), lam

@@ -56,7 +56,7 @@ class Balancer(nn.Module):
         if gramian is not None and gramian.shape != (k, k):
             raise ValueError(f"gramian must have shape ({k}, {k}), got {tuple(gramian.shape)}")
         if gramian is None and self.requires_gramian:
-            w = self.last_weights
+            w = self.last_weights.clone()  # a copy: the buffer changes at the next update
         else:
             device = self.last_weights.device
             self.log = {}

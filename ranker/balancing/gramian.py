@@ -101,5 +101,5 @@ def balanced_backward(
     regulariser = balancer.regulariser()
     if regulariser is not None:
         total = total + regulariser
-    total.backward()
+    torch.autograd.backward(total)
     return weights.detach()

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ranker.balancing import build_balancer, gramian_on_params
 
 STEPS, BATCH, LAST = 300, 128, 50
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,12 @@ def final_rate_variance(name: str, seed: int = 0) -> float:
 
 
 def test_emtl_equalises_relative_rates_more_than_ew_and_mgda() -> None:
-    variance = {name: final_rate_variance(name) for name in ("ew", "mgda", "emtl")}
-    print("variance of r over the last steps:", variance)
-    assert variance["emtl"] < variance["ew"]
-    assert variance["emtl"] < variance["mgda"]
+    """Averaged over the first three seeds: the claim is about expected behaviour, and single
+    runs can tie. On seed 0 MGDA matches EMTL (0.385 vs 0.388) by starving the large-loss task
+    (weight ~0, its loss stays ~64 while EMTL's reaches ~7): an "equity" of neglect."""
+    names = ("ew", "mgda", "emtl")
+    runs = {name: [final_rate_variance(name, seed) for seed in SEEDS] for name in names}
+    print("variance of r over the last steps, per seed:", runs)
+    mean = {name: sum(v) / len(v) for name, v in runs.items()}
+    assert mean["emtl"] < mean["ew"]
+    assert mean["emtl"] < mean["mgda"]

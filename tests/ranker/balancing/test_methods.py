@@ -286,6 +286,26 @@ def test_famo_moves_weight_toward_the_task_that_decreased_less() -> None:
     assert w[1] > uniform[1] and w.sum().item() == pytest.approx(2.0)
 
 
+def test_famo_matches_the_authors_update_rule() -> None:
+    """The hand-written Adam on the logits equals torch.optim.Adam(lr, weight_decay) on
+    d = softmax Jacobian^T (log-loss decrease), as in the authors' code."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([logits], lr=0.025, weight_decay=0.01)
+    famo, prev = FAMO(4), None
+    for _ in range(20):
+        losses = torch.exp(torch.randn(4, generator=gen, dtype=torch.float64))
+        if prev is not None:
+            decrease = (prev + 1e-8).log() - (losses + 1e-8).log()
+            (grad,) = torch.autograd.grad(torch.softmax(logits, 0), logits, decrease)
+            adam.zero_grad()
+            logits.grad = grad
+            adam.step()
+        prev = losses
+        z_over_d = torch.softmax(logits.detach(), 0) / (losses + 1e-8)
+        torch.testing.assert_close(famo.weights(losses), 4 * z_over_d / z_over_d.sum())
+
+
 def test_gradnorm_raises_the_weight_of_the_slower_task() -> None:
     """Equal gradient norms; task 0's loss falls less, so its target norm and weight rise."""
     gn = GradNorm(2, alpha=1.5, lr=0.1)

@@ -6,12 +6,14 @@ here must be explained by a deliberate change of the method.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from ranker.balancing import BALANCERS, build_balancer
 
-PARAMS = {"dwa": {"window": 1}, "static": {"weights": [0.5, 1.0, 2.0]}}
+PARAMS: dict[str, dict[str, Any]] = {"dwa": {"window": 1}, "static": {"weights": [0.5, 1.0, 2.0]}}
 PINNED = {
     "ew": [1.00000000, 1.00000000, 1.00000000],
     "static": [0.50000000, 1.00000000, 2.00000000],
@@ -23,7 +25,7 @@ PINNED = {
     "imtl_g": [1.78076638, -1.26938472, 2.48861834],
     "cagrad": [1.73214990, 0.86206897, 1.44809284],
     "bandit": [0.70370093, 1.42944342, 0.86685566],
-    "famo": [1.97591470, 0.50504578, 0.51903952],
+    "famo": [1.97591269, 0.50505089, 0.51903642],
     "minmax": [0.00000000, 0.00000000, 3.00000000],
     "emtl": [1.05558334, 0.71871699, 1.22569967],
 }

@@ -98,7 +98,7 @@ def test_pcgrad_equivariance_for_matching_orders(seed: int, k: int) -> None:
     perm = torch.randperm(k, generator=gen)
     position = torch.argsort(perm).tolist()  # task t sits at position[t] after permuting
     # permuted task position[i] is old task i; it meets old tasks in the same order
-    perm_orders = [[] for _ in range(k)]
+    perm_orders: list[list[int]] = [[] for _ in range(k)]
     for i in range(k):
         perm_orders[position[i]] = [position[j] for j in orders[i]]
     w = pcgrad_weights(gramian, orders)
@@ -125,7 +125,7 @@ def test_gramian_scale_sweep(name: str, seed: int, k: int) -> None:
 def test_loss_scale_sweep(name: str, seed: int, k: int) -> None:
     seq = sequence(k, seed)
     # FAMO's eps (1e-8 added to every loss) is what breaks its scale invariance at tiny losses
-    exact = {"eps": 0.0} if name == "famo" else {}
+    exact: dict[str, Any] = {"eps": 0.0} if name == "famo" else {}
     reference = run(build(name, k, **exact), seq)
     for scale in SCALES:
         assert torch.isfinite(run(build(name, k), seq, loss_scale=scale)).all(), scale
@@ -169,3 +169,14 @@ def test_weights_match_loss_dtype_and_reject_bad_shapes() -> None:
         balancer.weights(losses, gramian[:2])
     with pytest.raises(ValueError, match="finite"):
         balancer.weights(losses, gramian * float("nan"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_runs_on_cuda_with_the_losses(name: str) -> None:
+    """On the losses' device, or kept on the CPU while the losses are on CUDA."""
+    seq = [(losses.float().cuda(), gramian.float().cuda()) for losses, gramian in sequence(3, 0)]
+    for balancer in (build(name, 3).cuda(), build(name, 3)):
+        w = run(balancer, seq)
+        assert w.device.type == "cuda" and w.dtype == torch.float32
+        assert torch.isfinite(w).all()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The exact pin matters: this machine's pip resolves it to a local CPU wheel.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow test-gpu lint bench clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,13 @@ demo: $(VENV)/.base
 	$(VENV)/bin/ranker demo
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -q -m slow
+
+test-gpu: $(VENV)/.dev
+	$(PY) -m pytest -q -m gpu
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -171,7 +171,7 @@ def test_weights_match_loss_dtype_and_reject_bad_shapes() -> None:
         balancer.weights(losses, gramian * float("nan"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", list(BALANCERS))
 def test_runs_on_cuda_with_the_losses(name: str) -> None:
     """On the losses' device, or kept on the CPU while the losses are on CUDA."""

@@ -10,6 +10,7 @@ pareto.png (click AUC vs watch-time RMSE) and equity.png (variance of the relati
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from training.config import ConfigError, TrainConfig, apply_overrides, build, validate
+from training.config import ConfigError, TrainConfig, apply_overrides, build, plain, validate
 
 # (task, metric, higher is better) entering delta-m and the table.
 TABLE_METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -59,6 +60,8 @@ class CompareConfig:
     # Base training config (same sections as train.yaml) shared by every run.
     base: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] = ("mmoe", "ple")
+    # Per-architecture model.config fields merged over the base's (their fields differ).
+    model_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     balancers: tuple[str, ...] = ("ew", "uw", "mgda", "pcgrad", "bandit", "famo", "emtl")
     # Self-auxiliary head forms to compare; `none` is the no-aux baseline.
     aux: tuple[str, ...] = ("none", "bottleneck")
@@ -66,6 +69,8 @@ class CompareConfig:
     # Parallel training processes (each prepares the data once).
     workers: int = 1
     out: str = "runs/compare"
+    # SimulatorConfig fields: simulate the log into OUT/data first (then base.data.paths is set to it).
+    simulate: Mapping[str, Any] | None = None
 
     def grid(self) -> list[RunKey]:
         combos = itertools.product(self.models, self.balancers, self.aux, self.seeds)
@@ -88,8 +93,14 @@ def load_compare_config(path: str | Path | None, overrides: Sequence[str] = ()) 
 
 
 def run_config(config: CompareConfig, key: RunKey) -> TrainConfig:
+    base = yaml.safe_load(yaml.safe_dump(plain(config.base))) or {}
+    model = base.setdefault("model", {})
+    model["config"] = {
+        **(model.get("config") or {}),
+        **plain(config.model_config.get(key.model, {})),
+    }
     doc = apply_overrides(
-        yaml.safe_load(yaml.safe_dump(dict(config.base))) or {},
+        base,
         [
             f"model.kind={key.model}",
             f"balancer.name={key.balancer}",
@@ -124,6 +135,8 @@ def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if config.simulate is not None:
+        config = _simulated(config, out / "data")
     keys = config.grid()
     configs = {key: run_config(config, key) for key in keys}
     results: dict[RunKey, dict[str, Any]] = {}
@@ -147,6 +160,17 @@ def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]
             bar.update()
     bar.close()
     return write_report(config, results)
+
+
+def _simulated(config: CompareConfig, data_dir: Path) -> CompareConfig:
+    """Simulate the log once (seeded: a re-run finds the same files) and point the base at it."""
+    from training.simulate import SimulatorConfig, simulate
+
+    if not any(data_dir.rglob("*.parquet")):
+        simulate(SimulatorConfig(**dict(config.simulate or {})), data_dir)
+    base = yaml.safe_load(yaml.safe_dump(plain(config.base))) or {}
+    base.setdefault("data", {})["paths"] = [str(data_dir)]
+    return dataclasses.replace(config, base=base)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -124,8 +124,14 @@ class ScoreFormula:
             weights=dict(doc.get("weights", {"click": 1.0})),
             transforms=dict(doc.get("transforms", {})),
             biases=dict(doc.get("biases", {})),
-            allow_negative=bool(doc.get("allow_negative", False)),
+            allow_negative=_flag(doc.get("allow_negative", False)),
         )
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ScoreError(f"allow_negative: must be true or false, got {value!r}")
+    return value
 
 
 # The hand-picked default a platform would start from: clicks first, some watch time and completion.

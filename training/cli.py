@@ -149,6 +149,27 @@ def render_metrics(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from serving.server import run
+    from serving.settings import Settings, SettingsError
+
+    overrides: dict = {}
+    for name in ("host", "port", "redis_url"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.registry is not None:
+        overrides["registry"] = Path(args.registry)
+    if args.experiments is not None:
+        overrides["experiments_file"] = Path(args.experiments)
+    try:
+        settings = Settings.from_env(**overrides)
+        run(settings)
+    except SettingsError as exc:
+        print(f"ranker serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -232,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=0)
     tu.add_argument("--out", help="output directory (default: <registry>/../tuning/NAME/VERSION)")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sv = add(
+        "serve",
+        _serve,
+        "start the ranking service (FastAPI + ONNX Runtime); RANKER_* env vars configure it",
+    )
+    sv.add_argument("--host", help="bind address (RANKER_HOST, default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (RANKER_PORT, default 8000)")
+    sv.add_argument("--registry", help="model registry root (RANKER_REGISTRY)")
+    sv.add_argument(
+        "--experiments", help="experiment config YAML used without Redis (RANKER_EXPERIMENTS_FILE)"
+    )
+    sv.add_argument(
+        "--redis-url", help="Redis for experiment config and impressions (RANKER_REDIS_URL)"
+    )
 
     demo = add("demo", _demo, "run the main job end to end on embedded defaults")
     demo.add_argument("--workdir", default="out/demo", help="where data, runs and models go")

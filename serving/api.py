@@ -1,0 +1,73 @@
+"""POST /rank: the hot path. No pydantic and no jsonable_encoder: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from serving.deps import read_body
+from serving.errors import ApiError, error_response
+from serving.impressions import now_ms
+from serving.ranking import RankResult, experiment_doc, rank, render
+from serving.schemas import ERRORS, RankResponse
+from serving.service import Service
+from serving.validation import parse_request
+
+router = APIRouter(tags=["ranking"])
+
+
+def body_schema(name: str) -> dict[str, Any]:
+    """OpenAPI for a body the handler reads itself (the schema is registered in app.py)."""
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+@router.post(
+    "/rank",
+    summary="Rank candidates for one user",
+    response_model=RankResponse,
+    responses=ERRORS,
+    openapi_extra=body_schema("RankRequest"),
+)
+async def rank_endpoint(request: Request) -> Response:
+    started = time.perf_counter()
+    service: Service = request.app.state.service
+    settings = service.settings
+    variant = "-"
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        state = service.manager.state  # read once: a swap cannot change it under this request
+        if state is None:
+            raise ApiError(503, None, f"not ready: {service.manager.not_ready_reason}")
+        parsed = parse_request(body, settings.max_candidates)
+        result = rank(state, parsed)
+        variant = result.assignment.label
+        content = render(result)
+    except ApiError as error:
+        service.metrics.observe(variant, error.status, time.perf_counter() - started)
+        return error_response(error)
+    metrics = service.metrics
+    metrics.onnx.observe(result.onnx_seconds, (str(result.model.ref),))
+    metrics.candidates.observe(len(parsed.candidates))
+    service.impressions.submit(impression(result))
+    metrics.observe(variant, 200, time.perf_counter() - started)
+    return Response(content, media_type="application/json")
+
+
+def impression(result: RankResult) -> dict[str, Any]:
+    """The impression record; numpy arrays are serialised later, by the writer thread."""
+    return {
+        "request_id": result.request.request_id,
+        "user_id": result.request.user_id,
+        "ts": now_ms(),
+        "model": result.model.ref.name,
+        "model_version": result.model.ref.version,
+        "variant": result.assignment.label,
+        "layers": experiment_doc(result.assignment)["layers"],
+        "item_ids": result.item_ids,
+        "scores": result.scores,
+        "predictions": result.predictions,
+    }

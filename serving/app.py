@@ -1,0 +1,104 @@
+"""`create_app(settings)`: the FastAPI app. Nothing is opened at import time; the lifespan opens
+the experiment store, loads and warms the models, and starts the watcher and impression writer."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from serving import admin, api, ops
+from serving.errors import ApiError, error_response
+from serving.schemas import ExperimentDocument, RankRequest
+from serving.service import open_service
+from serving.settings import Settings
+
+log = logging.getLogger("ranker.serving")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings.from_env()
+    for warning in settings.check():
+        log.warning(warning)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = await asyncio.to_thread(open_service, settings)
+        app.state.service = service
+        if settings.freeze_gc:
+            # Models and sessions are loaded: move the start-up heap out of the collector's way.
+            gc.collect()
+            gc.freeze()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.close)
+
+    app = FastAPI(
+        title="ranker",
+        summary="Multi-task ranking on ONNX Runtime with A/B buckets",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(api.router)
+    app.include_router(ops.router)
+    app.include_router(admin.router)
+    install_error_handlers(app)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error is `{"error": {"field", "message"}}`, including FastAPI's and Starlette's own."""
+
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return error_response(ApiError(422, field, str(first.get("msg"))))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = ApiError(exc.status_code, None, str(exc.detail))
+        error.headers.update(exc.headers or {})
+        return error_response(error)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, None, "internal error"))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the bodies the handlers read themselves (documented, not parsed)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (RankRequest, ExperimentDocument):
+            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(doc.pop("$defs", {}))
+            components[model.__name__] = doc
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,158 @@
+"""The impression log, written off the request path by one background thread.
+
+A request hands a record to a bounded queue (no I/O, no serialisation on the hot path); the writer
+drains it in batches to a Redis stream (XADD MAXLEN ~) or a JSONL file. Nothing is lost silently:
+a full queue, or a batch the sink refused three times, is logged and counted in /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import redis
+
+log = logging.getLogger("ranker.serving.impressions")
+
+BATCH = 256
+ATTEMPTS = 3
+_STOP = object()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Sink(Protocol):
+    description: str
+
+    def write(self, lines: Sequence[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON object per line; a line is written whole or not at all (one write call)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.description = f"jsonl {self.path}"
+        self._handle = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self._handle.write(b"".join(line + b"\n" for line in lines))
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class RedisStreamSink:
+    """XADD each record as field `record` (JSON); the stream is trimmed to about `maxlen`."""
+
+    def __init__(self, client: redis.Redis, stream: str, maxlen: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.maxlen = maxlen
+        self.description = f"redis stream {stream}"
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(self.stream, {"record": line}, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ImpressionLog:
+    """Bounded queue + writer thread. `submit` never blocks and never raises."""
+
+    def __init__(self, sink: Sink | None, capacity: int) -> None:
+        self.sink = sink
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.sink is not None
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self.sink is not None:
+            self._thread = threading.Thread(
+                target=self._run, name="ranker-impressions", daemon=True
+            )
+            self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        if self.sink is None:
+            return
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("impression queue full: %d records dropped so far", self.dropped)
+
+    def _run(self) -> None:
+        assert self.sink is not None
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if any(r is _STOP for r in batch):
+                batch = [r for r in batch if r is not _STOP]
+                stopping = True
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        assert self.sink is not None
+        lines = [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in batch]
+        error: Exception | None = None
+        for attempt in range(ATTEMPTS):
+            try:
+                self.sink.write(lines)
+                self.written += len(lines)
+                return
+            except Exception as exc:  # any sink failure: retry, then count and log
+                error = exc
+                time.sleep(0.05 * (attempt + 1))
+        self.failed += len(lines)
+        log.error(
+            "impression log %s refused %d records (%d failed so far): %s",
+            self.sink.description,
+            len(lines),
+            self.failed,
+            error,
+        )
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error(
+                    "impression writer still busy after %.0f s; %d queued", timeout, self.depth()
+                )
+        if self.sink is not None:
+            self.sink.close()

@@ -1,0 +1,322 @@
+"""POST /rank under load vs its floor and a naive peer, at 100 / 500 / 1000 candidates.
+
+    python -m benchmarks.serving_rank [--requests 300] [--counts 100,500,1000]
+
+One model (MMoE, 8 experts [256, 128], towers [64], the simulator's features), three servers on
+127.0.0.1, each a single uvicorn worker in its own process, loaded by a client in another process:
+- `ranker`: the real service (`python -m serving.server`), file experiment store, no Redis;
+- `floor server`: the same request parsed and answered by FastAPI + orjson without a model;
+- `naive peer`: FastAPI + pydantic + PyTorch eager with the user features repeated per candidate.
+The floor of /rank is `floor server` p50 + the bare ONNX Runtime call on pre-encoded inputs (user
+side once), measured in this process. Goal (issue 6): ranker p50 within 1.3x of that floor at 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import pyarrow as pa
+import torch
+import yaml
+
+from benchmarks.report import machine, write_section
+from ranker.features import FeatureEncoder, fit_dense_stats
+from ranker.models import build_model
+from ranker.registry import publish
+from ranker.schema import load_default_spec
+from ranker.scoring import DEFAULT_FORMULA
+from training.data import read_log
+from training.export import to_onnx
+from training.simulate import SimulatorConfig, simulate
+
+CONFIG = {"num_experts": 8, "expert_units": [256, 128], "tower_units": [64], "embedding_dim": 16}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_registry(tmp: Path) -> tuple[Path, pa.Table, Any]:
+    """Simulate a little data, build the benchmark model, publish it; returns (version dir, log, spec)."""
+    data = tmp / "data"
+    simulate(
+        SimulatorConfig(users=500, items=5000, authors=200, days=1, requests_per_day=400), data
+    )
+    spec = load_default_spec()
+    log = read_log(data, spec)
+    spec = fit_dense_stats(spec, {n: log.table[n] for n in ("duration", "upload_age_days")})
+    torch.manual_seed(0)
+    model = build_model("mmoe", spec, None, CONFIG).eval()
+    example = FeatureEncoder(spec).encode({n: log.table[n].slice(0, 4) for n in spec.names}, 4)
+    manifest = publish(
+        tmp / "models",
+        "ranker",
+        to_onnx(model, example, 18),
+        feature_spec=spec.to_dict(),
+        tasks=[t.to_dict() for t in model.tasks],
+        inputs={
+            "user": [n for n in model.input_names if n.startswith("user_")],
+            "item": [n for n in model.input_names if n.startswith("item_")],
+        },
+        outputs=list(model.task_names),
+        opset=18,
+        data_window={"train": [], "valid": [], "test": []},
+        metrics={},
+        parent=None,
+        model_kind="mmoe",
+        hparams=model.hparams(),
+        exporter={"name": "benchmark"},
+    )
+    version_dir = tmp / "models" / "ranker" / manifest.version
+    torch.save(model.state_dict(), version_dir / "state.pt")
+    return version_dir, log.table, spec
+
+
+def request_body(table: pa.Table, spec: Any, n: int) -> dict[str, Any]:
+    """One request: the first row's user and context, n rows with distinct items as candidates."""
+    rows = table.to_pylist()
+    seen: set[int] = set()
+    candidates = []
+    for row in rows:
+        if row["item_id"] in seen:
+            continue
+        seen.add(row["item_id"])
+        candidates.append(
+            {
+                "item_id": row["item_id"],
+                **{
+                    f.name: row[f.name]
+                    for f in spec.features
+                    if f.side == "item" and f.name != "item_id"
+                },
+            }
+        )
+        if len(candidates) == n:
+            break
+    first = rows[0]
+    return {
+        "request_id": f"bench-{n}",
+        "user": {f.name: first[f.name] for f in spec.features if f.side == "user"},
+        "context": {f.name: first[f.name] for f in spec.features if f.side == "context"},
+        "candidates": candidates,
+    }
+
+
+def bare_ort_ms(version_dir: Path, spec: Any, body: dict[str, Any], repeat: int = 200) -> float:
+    """Median ORT call on pre-encoded inputs, user side once: the model's share of the floor."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    encoder = FeatureEncoder(spec)
+    user = {k: [v] for k, v in {**body["user"], **body["context"]}.items()}
+    items = {name: [c.get(name) for c in body["candidates"]] for name in spec.names}
+    inputs = {
+        **encoder.encode_group("user", user, 1),
+        **encoder.encode_group("item", items, len(body["candidates"])),
+    }
+    outputs = [o.name for o in session.get_outputs()]
+    for _ in range(10):
+        session.run(outputs, inputs)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        session.run(outputs, inputs)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def wait_ready(url: str, body: bytes, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            request = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
+
+
+def loadgen(url: str, body_file: Path, *extra: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.serving.loadgen", url, str(body_file), *extra]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=ROOT, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--counts", default="100,500,1000")
+    parser.add_argument(
+        "--rate", type=float, default=40.0, help="fixed-rate load at 500 candidates (req/s)"
+    )
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        version_dir, table, spec = build_registry(tmp)
+        experiments = tmp / "experiments.yaml"
+        experiments.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "salt": "bench",
+                    "default": {
+                        "model": {"name": "ranker", "version": version_dir.name},
+                        "score": DEFAULT_FORMULA.to_dict(),
+                    },
+                }
+            )
+        )
+        ports = {"ranker": free_port(), "floor server": free_port(), "naive peer": free_port()}
+        env = {
+            **os.environ,
+            "RANKER_REGISTRY": str(tmp / "models"),
+            "RANKER_EXPERIMENTS_FILE": str(experiments),
+            "RANKER_PORT": str(ports["ranker"]),
+            "RANKER_IMPRESSION_LOG": str(tmp / "impressions.jsonl"),
+            "RANKER_WARMUP_COUNTS": ",".join(str(c) for c in counts),
+            "RANKER_LOG_LEVEL": "warning",
+        }
+        servers = [
+            subprocess.Popen([sys.executable, "-m", "serving.server"], env=env, cwd=ROOT),
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.serving.floor_app", str(ports["floor server"])],
+                cwd=ROOT,
+            ),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.serving.naive_peer",
+                    str(ports["naive peer"]),
+                    str(version_dir),
+                ],
+                cwd=ROOT,
+            ),
+        ]
+        try:
+            results: dict[int, dict[str, Any]] = {}
+            for n in counts:
+                body = request_body(table, spec, n)
+                body_file = tmp / f"body-{n}.json"
+                body_file.write_bytes(json.dumps(body).encode())
+                urls = {name: f"http://127.0.0.1:{port}/rank" for name, port in ports.items()}
+                for url in urls.values():
+                    wait_ready(url, body_file.read_bytes())
+                row: dict[str, Any] = {
+                    "bytes": body_file.stat().st_size,
+                    "ort_ms": bare_ort_ms(version_dir, spec, body),
+                }
+                for name, url in urls.items():
+                    row[name] = loadgen(
+                        url, body_file, "--mode", "closed", "--requests", str(args.requests)
+                    )
+                    row[f"{name} c4"] = loadgen(
+                        url,
+                        body_file,
+                        "--mode",
+                        "closed",
+                        "--requests",
+                        str(args.requests),
+                        "--concurrency",
+                        "4",
+                    )
+                    if n == 500:
+                        row[f"{name} rate"] = loadgen(
+                            url,
+                            body_file,
+                            "--mode",
+                            "rate",
+                            "--rate",
+                            str(args.rate),
+                            "--seconds",
+                            "8",
+                        )
+                results[n] = row
+        finally:
+            for server in servers:
+                server.send_signal(signal.SIGTERM)
+            for server in servers:
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    print(render(results, args))
+
+
+def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "## Serving: POST /rank vs the floor and a naive peer",
+        "",
+        f"`python -m benchmarks.serving_rank --requests {args.requests} --rate {args.rate}`: MMoE with 8 experts "
+        f"[256, 128], towers [64]; one uvicorn worker per server, the load from a separate process on "
+        f"127.0.0.1 (closed loop, 1 and 4 connections, {args.requests} requests each); {machine()}. "
+        "Floor = floor-server p50 (parse + answer, no model) + the bare ONNX Runtime call (user side once).",
+        "",
+        "| candidates | body KB | floor server p50 | ORT call | floor | ranker p50 / p95 / p99 | ranker / floor | naive peer p50 | peer / ranker | ranker req/s (4 conn) | peer req/s (4 conn) |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in results.items():
+        floor = row["floor server"]["p50"] + row["ort_ms"]
+        ranker, peer = row["ranker"], row["naive peer"]
+        lines.append(
+            f"| {n} | {row['bytes'] / 1024:.0f} | {row['floor server']['p50']:.2f} ms | {row['ort_ms']:.2f} ms | {floor:.2f} ms | "
+            f"{ranker['p50']:.2f} / {ranker['p95']:.2f} / {ranker['p99']:.2f} ms | **{ranker['p50'] / floor:.2f}x** | "
+            f"{peer['p50']:.2f} ms | {peer['p50'] / ranker['p50']:.2f}x | {row['ranker c4']['throughput']:.0f} | {row['naive peer c4']['throughput']:.0f} |"
+        )
+    rate_rows = [(n, row) for n, row in results.items() if "ranker rate" in row]
+    if rate_rows:
+        lines += [
+            "",
+            f"Fixed rate {args.rate:.0f} req/s for 8 s at 500 candidates (latency from the scheduled send time):",
+            "",
+            "| server | p50 | p95 | p99 | errors |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for _, row in rate_rows:
+            for name in ("floor server", "ranker", "naive peer"):
+                r = row[f"{name} rate"]
+                lines.append(
+                    f"| {name} | {r['p50']:.2f} ms | {r['p95']:.2f} ms | {r['p99']:.2f} ms | {r['errors']} |"
+                )
+    if 500 in results:
+        ratio = results[500]["ranker"]["p50"] / (
+            results[500]["floor server"]["p50"] + results[500]["ort_ms"]
+        )
+        lines += [
+            "",
+            f"Goal: ranker p50 within 1.3x of the floor at 500 candidates: {ratio:.2f}x, {'met' if ratio <= 1.3 else 'NOT met'}.",
+        ]
+    body = "\n".join(lines)
+    write_section("serving_rank", body)
+    return body
+
+
+if __name__ == "__main__":
+    main()

@@ -59,39 +59,14 @@ class Built:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    # Imported here: torch is a test-time dependency only, never a serving one.
-    from training.config import load_config
-    from training.export import export_run
-    from training.simulate import SimulatorConfig, simulate
-    from training.trainer import Trainer, prepare_data
-
-    root = tmp_path_factory.mktemp("serving")
-    log, run_dir, registry = root / "log", root / "run", root / "models"
-    simulate(
-        SimulatorConfig(users=200, items=600, authors=60, days=4, requests_per_day=80, oracle=True),
-        log,
-    )
-    config = load_config(
-        None,
-        [
-            f"data.paths=[{log}]",
-            f"out={run_dir}",
-            "train.epochs=2",
-            "train.batch_size=256",
-            "train.max_steps_per_epoch=4",
-            "train.threads=1",
-            "model.config.num_experts=3",
-            "model.config.expert_units=[16]",
-            "model.config.tower_units=[8]",
-            "model.config.embedding_dim=4",
-        ],
-    )
-    Trainer(config, prepare_data(config), run_dir, progress=False).fit()
-    first = export_run(run_dir, registry, "ranker")
-    assert first.version == "v0001"
-    republish(registry, "v0001")  # v0002: same graph, another version to swap to
-    return Built(log, run_dir, registry)
+def built(
+    tiny_log: Path, tiny_run: Path, tiny_registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Built:
+    """The shared tiny run's registry plus v0002: the same graph, another version to swap to."""
+    registry = tmp_path_factory.mktemp("serving") / "models"
+    shutil.copytree(tiny_registry, registry)
+    republish(registry, "v0001")
+    return Built(tiny_log, tiny_run, registry)
 
 
 def republish(registry: Path, version: str, name: str = "ranker") -> str:

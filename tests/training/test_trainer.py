@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.conftest import tiny_overrides
+from tests.conftest import tiny_overrides
 from training.cli import main
 from training.config import ConfigError, load_config
 from training.trainer import BEST, CHECKPOINT, Trainer, load_best, prepare_data

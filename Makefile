@@ -34,8 +34,12 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(VENV)/.dev
-	$(PY) benchmarks/run_all.py
+$(VENV)/.bench: $(VENV)/.dev
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf out .pytest_cache

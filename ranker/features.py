@@ -153,6 +153,17 @@ def hash_categorical(
     return hashes.view(np.int64)
 
 
+def _plain_ints(column: ColumnLike) -> np.ndarray | None:
+    """The column as an int64 array when it holds integers without missing values, else None."""
+    if isinstance(column, np.ndarray):
+        return column if column.dtype.kind in "iub" and column.ndim == 1 else None
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        kind = column.type
+        if (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and column.null_count == 0:
+            return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    return None
+
+
 def _object_array(values: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
@@ -304,9 +315,20 @@ class FeatureEncoder:
         self, features: list[Feature], columns: Mapping[str, ColumnLike], rows: int
     ) -> np.ndarray:
         out = np.empty((rows, len(features)), dtype=np.int64)
+        plain: list[tuple[int, np.ndarray]] = []
         for j, f in enumerate(features):
             column = self._column(columns, f, rows)
-            out[:, j] = hash_categorical(column, f.buckets, f.name, str(f.default))
+            ints = _plain_ints(column)
+            if ints is None:
+                out[:, j] = hash_categorical(column, f.buckets, f.name, str(f.default))
+            else:
+                plain.append((j, ints))
+        if plain:  # every integer column in one pass: per-call overhead dominates small batches
+            index = [j for j, _ in plain]
+            hashes = mix64(np.stack([ints for _, ints in plain], axis=1))
+            buckets = np.array([features[j].buckets for j in index], dtype=np.uint64)
+            np.remainder(hashes, buckets, out=hashes)
+            out[:, index] = hashes.view(np.int64)
         return out
 
     def _encode_multi(

@@ -11,22 +11,33 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.world import SimulatorConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from training.simulate import SimulatorConfig, simulate
+def _world_config(args: argparse.Namespace, oracle: bool = False) -> SimulatorConfig:
+    from training.world import SimulatorConfig
 
-    config = SimulatorConfig(
+    return SimulatorConfig(
         users=args.users,
         items=args.items,
+        authors=args.authors,
         days=args.days,
         requests_per_day=args.requests_per_day,
         seed=args.seed,
-        oracle=args.oracle,
+        oracle=oracle,
         start_date=args.start_date,
     )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from training.simulate import simulate
+
+    config = _world_config(args, oracle=args.oracle)
     summary = simulate(config, Path(args.out), progress=not args.quiet)
     print(
         f"wrote {summary.rows:,} impressions in {summary.requests:,} requests over "
@@ -132,6 +143,22 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from training.retrain import progress_to_stderr, run_command
+    from training.retrain_config import load_retrain_config
+    from training.schedule import interrupt_on_signals, parse_schedule, run_schedule
+
+    if args.max_runs is not None and (args.schedule is None or args.max_runs < 1):
+        raise ValueError("--max-runs: needs --schedule and a count >= 1")
+    schedule = parse_schedule(args.schedule) if args.schedule is not None else None
+    config = load_retrain_config(args.config, args.overrides)
+    with progress_to_stderr():
+        if schedule is None:
+            with interrupt_on_signals():
+                return run_command(config)
+        return run_schedule(schedule, lambda: run_command(config), max_runs=args.max_runs)
+
+
 def render_metrics(result: dict) -> str:
     """Test (or validation) metrics of a training run as a few readable lines."""
     split = "test" if "test" in result else "valid"
@@ -170,6 +197,48 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_traffic(args: argparse.Namespace) -> int:
+    from training.traffic import TrafficConfig, run_traffic
+    from training.world import World
+
+    config = TrafficConfig(
+        url=args.url,
+        out=Path(args.out),
+        requests=args.requests,
+        seconds=args.seconds,
+        concurrency=args.concurrency,
+        seed=args.traffic_seed,
+        day=args.day,
+        top_k=args.top_k,
+        position_bias=args.position_bias,
+        timeout_s=args.timeout,
+        log_dir=None if args.log_dir is None else Path(args.log_dir),
+    )
+    summary = run_traffic(World(_world_config(args)), config)
+    print("\n".join(summary.lines()))
+    return 0 if summary.served else 1
+
+
+def _ab_report(args: argparse.Namespace) -> int:
+    from training.ab_render import markdown
+    from training.ab_report import ab_report
+
+    report, written = ab_report(
+        Path(args.outcomes),
+        Path(args.out),
+        impressions=None if args.impressions is None else Path(args.impressions),
+        redis_url=args.redis_url,
+        stream=args.stream,
+        control=args.control,
+        layer=args.layer,
+        experiments=None if args.experiments is None else Path(args.experiments),
+    )
+    print(markdown(report))
+    for label, path in written.items():
+        print(f"{label:<9} {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
@@ -187,12 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = add("simulate", _simulate, "write simulated impression logs with known ground truth")
     sim.add_argument("--out", required=True, help="output directory (Parquet partitioned by day)")
-    sim.add_argument("--users", type=int, default=5000)
-    sim.add_argument("--items", type=int, default=20000)
-    sim.add_argument("--days", type=int, default=7)
-    sim.add_argument("--requests-per-day", type=int, default=5000)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--start-date", default="2026-01-01")
+    _add_world_args(sim)
     sim.add_argument(
         "--oracle",
         action="store_true",
@@ -227,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5"
     )
 
+    cp = add("compare", _compare, "compare architectures x balancers x self-aux heads over seeds")
+    cp.add_argument("--config", help="compare config YAML (base training config + grid)")
+    cp.add_argument("--quiet", action="store_true", help="no progress bar")
+    cp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. seeds=[0]")
+
     ex = add(
         "export", _export, "export a run's best model to ONNX and publish it to the model registry"
     )
@@ -254,6 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", help="output directory (default: <registry>/../tuning/NAME/VERSION)")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    rt = add(
+        "retrain",
+        _retrain,
+        "retrain on the newest logs; publish and roll out only a model that beats production",
+    )
+    rt.add_argument(
+        "--config", help="retrain config YAML (configs/retrain.yaml documents every key)"
+    )
+    rt.add_argument(
+        "--schedule",
+        metavar="CRON",
+        help='run on a cron schedule in UTC, e.g. "0 3 * * *" (a 6th field: seconds)',
+    )
+    rt.add_argument("--max-runs", type=int, help="with --schedule: stop after N runs")
+    rt.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. gate.min_improvement=0.002 train.train.epochs=2",
+    )
+
     sv = add(
         "serve",
         _serve,
@@ -269,10 +359,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url", help="Redis for experiment config and impressions (RANKER_REDIS_URL)"
     )
 
+    st = add(
+        "simulate-traffic",
+        _simulate_traffic,
+        "send simulated users' requests to a loopback service and log the outcomes of what it served",
+    )
+    st.add_argument("--url", default="http://127.0.0.1:8000", help="service root (loopback only)")
+    st.add_argument("--out", required=True, help="directory for outcomes.jsonl and summary.json")
+    st.add_argument("--requests", type=int, default=1000, help="at most this many requests")
+    st.add_argument("--seconds", type=float, default=60.0, help="and at most this long")
+    st.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    st.add_argument("--traffic-seed", type=int, default=0, help="seed of the sampled requests")
+    st.add_argument("--day", type=int, help="simulated day index (default: after the logged days)")
+    st.add_argument("--top-k", type=int, help="items the service returns (default: all)")
+    st.add_argument(
+        "--position-bias", type=float, default=1.0, help="examination (1/log2(p+2))^this; 0: none"
+    )
+    st.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    st.add_argument(
+        "--log-dir", help="also write the served rows as day=YYYY-MM-DD/part-traffic-SEED.parquet"
+    )
+    _add_world_args(st, "the world of the simulated logs: give the same values as to `simulate`")
+
+    ab = add(
+        "ab-report",
+        _ab_report,
+        "A/B metrics with CIs, lift vs control and an SRM check from impressions + outcomes",
+    )
+    source = ab.add_mutually_exclusive_group(required=True)
+    source.add_argument("--impressions", help="impression records (JSONL written by the service)")
+    source.add_argument("--redis-url", help="read impression records from this Redis instead")
+    ab.add_argument("--stream", default="ranker:impressions", help="Redis stream of the records")
+    ab.add_argument("--outcomes", required=True, help="outcome rows (JSONL, e.g. simulate-traffic)")
+    ab.add_argument("--out", required=True, help="directory for report.md, report.json, lift.png")
+    ab.add_argument("--control", help="control variant (default: 'control', else the first)")
+    ab.add_argument("--layer", help="experiment layer to analyse (default: the only one)")
+    ab.add_argument("--experiments", help="experiment config for the split (default: equal split)")
+
     demo = add("demo", _demo, "run the main job end to end on embedded defaults")
     demo.add_argument("--workdir", default="out/demo", help="where data, runs and models go")
     demo.add_argument("--quick", action="store_true", help="smallest sizes (used by tests)")
     return parser
+
+
+def _add_world_args(parser: argparse.ArgumentParser, title: str | None = None) -> None:
+    """The simulator's world: `simulate` and `simulate-traffic` must agree on these."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--users", type=int, default=5000)
+    group.add_argument("--items", type=int, default=20000)
+    group.add_argument("--authors", type=int, default=2000)
+    group.add_argument("--days", type=int, default=7)
+    group.add_argument("--requests-per-day", type=int, default=5000)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--start-date", default="2026-01-01")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

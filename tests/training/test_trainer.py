@@ -184,3 +184,12 @@ def test_compare_grid_writes_tables_and_plots(tiny_log: Path, tmp_path: Path) ->
         assert written[name].exists()
     with pytest.raises(ConfigError, match=r"balancer\.name"):
         load_compare_config(None, ["balancers=[ew, nope]"])
+
+
+def test_every_command_is_registered() -> None:
+    from training.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    expected = {"simulate", "import-kuairand", "summary", "train", "compare", "export", "tune"}
+    expected |= {"retrain", "serve", "simulate-traffic", "ab-report", "demo"}
+    assert expected <= set(commands)

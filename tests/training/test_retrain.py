@@ -1,0 +1,636 @@
+"""Retraining: the publish gate, rollout into the service's experiment store (file and real Redis),
+atomicity of failed and killed runs, the lock (file and Redis), and the cron scheduler.
+
+Redis tests use the server at 127.0.0.1:6379 with a unique key prefix and fail if it is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import yaml
+
+from ranker.experiments import ModelRef
+from ranker.registry import list_versions, load_manifest
+from serving.experiments import FileStore, RedisStore
+from training.cli import main
+from training.config import ConfigError
+from training.data import EncodedData
+from training.evaluate import evaluate_predictions
+from training.gate import GATE_METRICS, GateConfig, decide
+from training.lock import FileLock, LockedError, LockLostError, RedisLock
+from training.retrain import EXIT_LOCKED, EXIT_UNREFERENCED, open_lock, open_store, run_once
+from training.retrain_config import ENV_KEYS, RetrainConfig, load_retrain_config
+from training.schedule import run_schedule
+from training.simulate import SimulatorConfig, simulate
+from training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SIM = SimulatorConfig(users=200, items=600, authors=60, days=5, requests_per_day=80, oracle=True)
+TINY_TRAIN: dict[str, Any] = {
+    "model": {
+        "kind": "mmoe",
+        "config": {"num_experts": 3, "expert_units": [16], "tower_units": [8], "embedding_dim": 4},
+    },
+    "train": {"epochs": 2, "batch_size": 256, "max_steps_per_epoch": 4, "threads": 1},
+}
+# The first production model is deliberately weak, so a normally trained candidate beats it.
+WEAK = ["train.train.epochs=1", "train.train.max_steps_per_epoch=1"]
+IMPOSSIBLE = "gate.min_improvement=1000"
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ENV_KEYS:
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture(scope="module")
+def log5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("retrain_log")
+    simulate(SIM, out)
+    return out
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); these tests need it")
+    prefix = f"ranker-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def write_config(root: Path, log: Path, redis_prefix: str | None = None) -> Path:
+    doc: dict[str, Any] = {
+        "train": TINY_TRAIN,
+        "data": {"paths": [str(log)]},
+        "window_days": 5,
+        "registry": str(root / "models"),
+        "experiments": {"file": str(root / "experiments.yaml")},
+        "runs_dir": str(root / "runs"),
+        "report_dir": str(root / "reports"),
+    }
+    if redis_prefix is not None:
+        doc["experiments"] = {"redis_url": REDIS_URL, "redis_prefix": redis_prefix, "file": None}
+        doc["lock"] = {"ttl_s": 3.0}
+    path = root / "retrain.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def configure(root: Path, log: Path, *overrides: str, prefix: str | None = None) -> RetrainConfig:
+    return load_retrain_config(write_config(root, log, prefix), overrides, environ={})
+
+
+def state(root: Path, prefix: str | None = None) -> dict[str, Any]:
+    """Everything a run may change: registry entries (temporary ones too) and the config."""
+    folder = root / "models" / "ranker"
+    exp = root / "experiments.yaml"
+    out: dict[str, Any] = {
+        "registry": sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [],
+        "file": exp.read_bytes() if exp.exists() else None,
+    }
+    if prefix is not None:
+        client = redis.Redis.from_url(REDIS_URL)
+        out["redis"] = client.hgetall(f"{prefix}:experiments")
+        client.close()
+    return out
+
+
+def report(root: Path) -> dict[str, Any]:
+    (latest,) = sorted((root / "reports").iterdir())[-1:]
+    assert (latest / "report.md").is_file()
+    return json.loads((latest / "report.json").read_text())
+
+
+def reports(root: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads((d / "report.json").read_text()) for d in sorted((root / "reports").iterdir())
+    ]
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    root: Path
+    out: Any
+
+
+@pytest.fixture(scope="module")
+def first(log5: Path, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    """The first run on an empty registry and no experiment config (file store)."""
+    root = tmp_path_factory.mktemp("first")
+    return FirstRun(root, run_once(configure(root, log5, *WEAK)))
+
+
+def with_production(first: FirstRun, root: Path, prefix: str | None = None) -> None:
+    """Copy the first run's registry and config; with a prefix, store that config in Redis."""
+    shutil.copytree(first.root / "models", root / "models")
+    shutil.copy(first.root / "experiments.yaml", root / "experiments.yaml")
+    if prefix is not None:
+        file_config = FileStore(root / "experiments.yaml", root / "models").load()
+        store = RedisStore(REDIS_URL, f"{prefix}:experiments", f"{prefix}:c", root / "models")
+        store.save(file_config, expected_version=0)
+        store.close()
+        (root / "experiments.yaml").unlink()
+
+
+# -- one run ---------------------------------------------------------------------------------------
+def test_first_run_publishes_v0001_and_points_the_config_at_it(first: FirstRun) -> None:
+    out = first.out
+    assert (out.decision, out.published, out.exit_code, out.production) == (
+        "publish",
+        "v0001",
+        0,
+        None,
+    )
+    registry = first.root / "models"
+    assert list_versions(registry, "ranker") == ["v0001"]
+    assert load_manifest(registry / "ranker" / "v0001").parent is None
+    config = FileStore(first.root / "experiments.yaml", registry).load()
+    assert config.default_model == ModelRef("ranker", "v0001") and config.version == 1
+    doc = report(first.root)
+    assert doc["decision"] == "publish" and "no production model" in doc["reason"]
+    assert doc["window"]["gate"] == ["2026-01-05"] and doc["window"]["valid"] == ["2026-01-04"]
+    assert not (registry / ".retrain-ranker.lock").exists()
+
+
+def test_a_gate_that_cannot_be_met_publishes_nothing(
+    first: FirstRun, log5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_production(first, tmp_path)
+    before = state(tmp_path)
+    path = write_config(tmp_path, log5)
+    assert main(["retrain", "--config", str(path), IMPOSSIBLE]) == 0
+    assert state(tmp_path) == before
+    doc = report(tmp_path)
+    assert doc["decision"] == "keep" and doc["published"] is None
+    assert "score changed by" in doc["reason"] and "needs >= +1000" in doc["reason"]
+    assert doc["production"] == "ranker/v0001" and math.isfinite(doc["checks"][0]["production"])
+    printed = capsys.readouterr().out
+    assert "Retraining run" in printed and ": keep" in printed and "| score | primary |" in printed
+
+
+def test_a_passing_gate_in_treatment_mode_adds_the_candidate_layer(
+    first: FirstRun, log5: Path, tmp_path: Path
+) -> None:
+    with_production(first, tmp_path)
+    config = configure(
+        tmp_path, log5, "rollout.mode=treatment", "rollout.share=0.25", "gate.tolerance=1.0"
+    )
+    out = run_once(config)
+    assert (out.decision, out.published, out.exit_code) == ("publish", "v0002", 0), out.reason
+    assert load_manifest(tmp_path / "models" / "ranker" / "v0002").parent == "v0001"
+    stored = FileStore(tmp_path / "experiments.yaml", tmp_path / "models").load()
+    assert stored.version == 2
+    assert stored.default_model == ModelRef("ranker", "v0001")  # control keeps production
+    (layer,) = [layer for layer in stored.layers if layer.name == "retrain"]
+    (variant,) = layer.variants
+    assert (variant.name, variant.start, variant.end, layer.buckets) == ("candidate", 0, 25, 100)
+    assert variant.model == ModelRef("ranker", "v0002")
+    shares = [stored.assign(f"u{i}").model.version for i in range(2000)]
+    assert 0.2 < shares.count("v0002") / len(shares) < 0.3
+
+
+def test_redis_store_first_publish_then_a_refused_gate(
+    log5: Path, tmp_path: Path, redis_prefix: str
+) -> None:
+    out = run_once(configure(tmp_path, log5, *WEAK, prefix=redis_prefix))
+    assert (out.decision, out.published) == ("publish", "v0001"), out.reason
+    # The service's own store reads what the run wrote (its key names, its parser).
+    service = RedisStore(
+        REDIS_URL, f"{redis_prefix}:experiments", f"{redis_prefix}:c", tmp_path / "models"
+    )
+    assert service.load().default_model == ModelRef("ranker", "v0001")
+    service.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    assert client.exists(f"{redis_prefix}:retrain:ranker:lock") == 0
+    before = state(tmp_path, redis_prefix)
+    out = run_once(configure(tmp_path, log5, IMPOSSIBLE, prefix=redis_prefix))
+    assert (out.decision, out.published, out.exit_code) == ("keep", None, 0)
+    assert state(tmp_path, redis_prefix) == before
+    assert client.exists(f"{redis_prefix}:retrain:ranker:lock") == 0
+    client.close()
+
+
+# -- atomicity -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_run_that_dies_in_training_leaves_registry_config_and_lock_clean(
+    first: FirstRun,
+    log5: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    with_production(first, tmp_path, prefix)
+    before = state(tmp_path, prefix)
+    original = Trainer.train_step
+    steps = []
+
+    def dies_half_way(self: Trainer, batch: EncodedData) -> dict[str, Any]:
+        steps.append(1)
+        if len(steps) == 3:
+            raise RuntimeError("killed half-way through training")
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_half_way)
+    config = configure(tmp_path, log5, "gate.tolerance=1.0", prefix=prefix)
+    with pytest.raises(RuntimeError, match="half-way"):
+        run_once(config)
+    assert state(tmp_path, prefix) == before
+    doc = report(tmp_path)
+    assert doc["decision"] == "failed" and "untouched" in doc["reason"]
+    lock = open_lock(config)
+    lock.acquire()  # released by the failed run
+    lock.release()
+
+
+def test_a_config_edited_during_the_export_is_not_overwritten(
+    first: FirstRun, log5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.export
+
+    with_production(first, tmp_path)
+    store = FileStore(tmp_path / "experiments.yaml", tmp_path / "models")
+    original = training.export.export_run
+
+    def export_while_someone_edits(*args: Any, **kwargs: Any) -> Any:
+        manifest = original(*args, **kwargs)
+        store.save(store.load(), expected_version=1)  # e.g. an operator's edit: version 2
+        return manifest
+
+    monkeypatch.setattr(training.export, "export_run", export_while_someone_edits)
+    out = run_once(configure(tmp_path, log5, "gate.tolerance=1.0"))
+    assert (out.decision, out.published, out.exit_code) == ("publish", "v0002", EXIT_UNREFERENCED)
+    edited = store.load()
+    assert edited.version == 2 and edited.default_model == ModelRef("ranker", "v0001")
+    doc = report(tmp_path)
+    assert "StaleVersionError" in doc["reason"] and "NOT updated" in doc["reason"]
+
+
+KILLED = """
+import pathlib, sys, time
+from training.trainer import Trainer
+def hang(self, batch):
+    pathlib.Path(sys.argv[1]).write_text("training")
+    time.sleep(600)
+Trainer.train_step = hang
+from training.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_sigkill_mid_training_leaves_everything_and_the_lock_frees(
+    first: FirstRun, log5: Path, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    with_production(first, tmp_path, prefix)
+    before = state(tmp_path, prefix)
+    path = write_config(tmp_path, log5, prefix)
+    ready = tmp_path / "ready"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(ready), "retrain", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the run never reached training"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+    assert state(tmp_path, prefix) == before
+    config = load_retrain_config(path, environ={})
+    lock = open_lock(config)
+    if backend == "file":
+        # Left behind, but its pid is dead on this host: the next run breaks it at once.
+        assert (tmp_path / "models" / ".retrain-ranker.lock").exists()
+        lock.acquire()
+    else:
+        with pytest.raises(LockedError):
+            lock.acquire()
+        deadline = time.monotonic() + 3 * config.lock.ttl_s
+        while True:  # nobody renews it any more: it expires after the ttl
+            try:
+                lock.acquire()
+                break
+            except LockedError:
+                assert time.monotonic() < deadline, "the killed run's lock never expired"
+                time.sleep(0.1)
+    lock.release()
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_second_run_is_refused_while_one_runs(
+    first: FirstRun,
+    log5: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if backend == "redis" else None
+    with_production(first, tmp_path, prefix)
+    before = state(tmp_path, prefix)
+    path = write_config(tmp_path, log5, prefix)
+    training, finish = threading.Event(), threading.Event()
+
+    def blocks(self: Trainer, batch: EncodedData) -> dict[str, Any]:
+        training.set()
+        finish.wait(30)
+        raise RuntimeError("first run stopped by the test")
+
+    monkeypatch.setattr(Trainer, "train_step", blocks)
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        try:
+            run_once(load_retrain_config(path, environ={}))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    try:
+        assert training.wait(60), "the first run never reached training"
+        assert main(["retrain", "--config", str(path)]) == EXIT_LOCKED
+    finally:
+        finish.set()
+        thread.join(30)
+    err = capsys.readouterr().err
+    assert "another retraining run holds" in err and f"pid {os.getpid()}" in err
+    assert [str(e) for e in errors] == ["first run stopped by the test"]
+    assert state(tmp_path, prefix) == before
+    assert len(reports(tmp_path)) == 1  # the refused run wrote none
+
+
+# -- scheduler -------------------------------------------------------------------------------------
+def test_schedule_runs_twice_and_goes_on_after_a_failed_run(
+    first: FirstRun,
+    log5: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with_production(first, tmp_path)
+    before = state(tmp_path)
+    original = Trainer.fit
+    calls = []
+
+    def first_fails(self: Trainer) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", first_fails)
+    path = write_config(tmp_path, log5)
+    args = ["retrain", "--config", str(path), "--schedule", "* * * * * *", "--max-runs", "2"]
+    with caplog.at_level("INFO", logger="ranker.retrain"):
+        assert main([*args, IMPOSSIBLE]) == 1  # one run failed
+    assert [r["decision"] for r in reports(tmp_path)] == ["failed", "keep"]
+    assert "2 runs, 1 failed, 0 skipped" in caplog.text
+    assert state(tmp_path) == before
+
+
+def test_schedule_stops_cleanly_on_sigterm() -> None:
+    calls = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def job() -> int:
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the run: stop after it
+        return 0
+
+    assert run_schedule("* * * * * *", job) == 0
+    assert len(calls) == 1
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+    def twice() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal aborts the run
+        return 0
+
+    with pytest.raises(KeyboardInterrupt):
+        run_schedule("* * * * * *", twice)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_schedule_counts_locked_runs_as_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    codes = iter([EXIT_LOCKED, 0])
+    with caplog.at_level("INFO", logger="ranker.retrain"):
+        assert run_schedule("* * * * * *", lambda: next(codes), max_runs=2) == 0
+    assert "2 runs, 0 failed, 1 skipped" in caplog.text
+
+
+@pytest.mark.parametrize("expression", ["every day", "61 * * * *", "* * *"])
+def test_a_bad_cron_expression_exits_2(
+    tmp_path: Path, log5: Path, capsys: pytest.CaptureFixture[str], expression: str
+) -> None:
+    path = write_config(tmp_path, log5)
+    assert main(["retrain", "--config", str(path), "--schedule", expression]) == 2
+    err = capsys.readouterr().err
+    assert f"--schedule {expression!r}: not a valid cron expression" in err
+    assert main(["retrain", "--config", str(path), "--max-runs", "2"]) == 2
+    assert "--max-runs: needs --schedule" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_the_shipped_config_loads_and_containers_redirect_it() -> None:
+    config = load_retrain_config(REPO / "configs" / "retrain.yaml", environ={})
+    assert config.registry == "out/demo/models" and config.data.paths == ("out/demo/data",)
+    assert config.experiments.file == "out/demo/experiments.yaml"
+    assert config.experiments.redis_url is None and isinstance(open_lock(config), FileLock)
+    assert config.train.balancer.name == "emtl" and config.train.aux.form == "bottleneck"
+    # docker-compose.yml and the Kubernetes CronJob set these for `ranker retrain`.
+    environ = {"RANKER_REGISTRY": "/models", "RANKER_REDIS_URL": "redis://redis:6379/0"}
+    config = load_retrain_config(REPO / "configs" / "retrain.yaml", ["registry=/r"], environ)
+    assert config.registry == "/r"  # the command line wins over the environment
+    config = load_retrain_config(REPO / "configs" / "retrain.yaml", [], environ)
+    assert config.registry == "/models"
+    assert config.experiments.redis_url == "redis://redis:6379/0"
+    store, lock = open_store(config), open_lock(config)
+    assert isinstance(store, RedisStore) and store.key == "ranker:experiments"  # the service's
+    assert isinstance(lock, RedisLock) and lock.key == "ranker:retrain:ranker:lock"
+    store.close()
+
+
+def test_train_may_be_a_file_beside_the_config_and_overrides_reach_it(tmp_path: Path) -> None:
+    (tmp_path / "prod.yaml").write_text(yaml.safe_dump({"balancer": {"name": "uw"}}))
+    (tmp_path / "retrain.yaml").write_text(yaml.safe_dump({"train": "prod.yaml"}))
+    config = load_retrain_config(tmp_path / "retrain.yaml", ["train.train.epochs=5"], environ={})
+    assert config.train.balancer.name == "uw" and config.train.train.epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("gate.primay=score", "gate.primay: unknown key"),
+        ("rollout.mode=canary", "rollout.mode: must be replace or treatment"),
+        ("rollout.share=0", "rollout.share: must be in (0, 1]"),
+        ("window_days=2", "window_days: must be >= 3"),
+        ("gate.metrics=[click.calibration]", "gate.metrics[0]: unknown metric 'click.calibration'"),
+        ("gate.primary=watch_time.ndcg@5", "gate.primary: unknown metric"),
+        ("gate.min_improvement=-0.1", "gate.min_improvement: must be >= 0"),
+        (
+            "gate.tolerances={click.gauc: 0.1}",
+            "gate.tolerances.click.gauc: not one of gate.metrics",
+        ),
+        ("train.model.kind=rnn", "train.model.kind: unknown model"),
+        ("lock.backend=zookeeper", "lock.backend: must be auto, redis or file"),
+        ("experiments.file=null", "experiments: set redis_url or file"),
+    ],
+)
+def test_config_errors_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_retrain_config(REPO / "configs" / "retrain.yaml", [override], environ={})
+    assert message in str(info.value)
+
+
+# -- gate ------------------------------------------------------------------------------------------
+def metrics(auc: float = 0.7, logloss: float = 0.5, rmse: float = 10.0, score: float = 0.3) -> dict:
+    return {
+        "click": {"auc": auc, "logloss": logloss},
+        "watch_time": {"rmse": rmse},
+        "score": {"value": score},
+    }
+
+
+GATE = GateConfig(primary="score", metrics=("click.auc", "click.logloss", "watch_time.rmse"))
+
+
+def test_gate_without_production_needs_finite_metrics() -> None:
+    assert decide(GATE, metrics(), None).publish
+    refused = decide(GATE, metrics(rmse=math.nan), None)
+    assert not refused.publish and "watch_time.rmse" in refused.reason
+
+
+def test_gate_primary_must_improve_by_the_minimum() -> None:
+    gate = GateConfig(primary="score", min_improvement=0.01, metrics=())
+    assert decide(gate, metrics(score=0.32), metrics(score=0.30)).publish
+    refused = decide(gate, metrics(score=0.305), metrics(score=0.30))
+    assert not refused.publish and "score changed by +0.005 (needs >= +0.01)" in refused.reason
+    # Lower is better for RMSE: a drop is the improvement.
+    rmse = GateConfig(primary="watch_time.rmse", min_improvement=0.5, metrics=())
+    assert decide(rmse, metrics(rmse=9.0), metrics(rmse=10.0)).publish
+    assert not decide(rmse, metrics(rmse=9.8), metrics(rmse=10.0)).publish
+
+
+def test_gate_guards_allow_a_relative_degradation_up_to_the_tolerance() -> None:
+    better = dict(score=0.4)
+    # AUC 0.70 -> 0.69 is 1.43% worse: over the 1% default, within a 2% per-metric tolerance.
+    refused = decide(GATE, metrics(auc=0.69, **better), metrics())
+    assert not refused.publish and "click.auc worse by 1.43% (tolerance 1.00%)" in refused.reason
+    loose = GateConfig(primary="score", metrics=GATE.metrics, tolerances={"click.auc": 0.02})
+    assert decide(loose, metrics(auc=0.69, **better), metrics()).publish
+    # Lower is better for logloss and RMSE: 0.5% higher passes, 2% higher fails.
+    assert decide(GATE, metrics(rmse=10.05, **better), metrics()).publish
+    assert not decide(GATE, metrics(logloss=0.51, **better), metrics()).publish
+    # A production value that is not finite cannot be degraded.
+    assert decide(GATE, metrics(**better), metrics(auc=math.nan)).publish
+
+
+def test_gate_metric_names_match_what_evaluation_reports() -> None:
+    rng = np.random.default_rng(0)
+    rows = 40
+    watch = rng.exponential(5.0, rows)
+    data = EncodedData(
+        inputs={},
+        labels={
+            "click": (watch > 3).astype(np.float32),
+            "watch_time": watch,
+            "completion": rng.uniform(0, 1, rows),
+        },
+        request_id=np.repeat(np.arange(4), 10),
+        user_id=np.repeat(np.arange(4), 10),
+    )
+    preds = {task: rng.uniform(0.1, 0.9, rows) for task in data.labels}
+    reported = evaluate_predictions(preds, data)
+    for task, names in GATE_METRICS.items():
+        assert set(names) | ({"calibration"} if task == "click" else set()) == set(reported[task])
+
+
+# -- lock ------------------------------------------------------------------------------------------
+def test_file_lock_refuses_a_second_holder_and_breaks_a_stale_one(tmp_path: Path) -> None:
+    path = tmp_path / "retrain.lock"
+    held = FileLock(path, ttl_s=1.0)
+    held.acquire()
+    time.sleep(1.5)  # past the ttl, but the keep-alive thread renewed it
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+        FileLock(path, ttl_s=1.0).acquire()
+    held.check()
+    # Replaced behind its back (taken over after a long pause): lost, and release keeps it.
+    path.write_text(
+        json.dumps({"token": "x", "pid": os.getpid(), "host": "elsewhere", "since": "-"})
+    )
+    time.sleep(0.8)
+    with pytest.raises(LockLostError):
+        held.check()
+    held.release()
+    assert path.exists()
+    # Stale by age: a holder on another host that stopped renewing.
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    fresh = FileLock(path, ttl_s=60)
+    fresh.acquire()
+    fresh.release()
+    assert not path.exists()
+
+
+def test_redis_lock_is_renewed_while_held_and_only_its_owner_releases_it(
+    redis_prefix: str,
+) -> None:
+    key = f"{redis_prefix}:lock"
+    client = redis.Redis.from_url(REDIS_URL)
+    lock = RedisLock(REDIS_URL, key, ttl_s=1.0)
+    lock.acquire()
+    with pytest.raises(LockedError):
+        RedisLock(REDIS_URL, key, ttl_s=1.0).acquire()
+    time.sleep(2.0)  # well past the ttl: the keep-alive thread renewed it
+    lock.check()
+    assert client.get(key) == lock.value.encode()
+    client.set(key, "someone else")  # e.g. taken over after a long pause
+    time.sleep(0.8)
+    with pytest.raises(LockLostError):
+        lock.check()
+    lock.release()
+    assert client.get(key) == b"someone else"  # compare-and-delete left it alone
+    client.close()

@@ -1,0 +1,346 @@
+"""`ranker retrain`: train on the newest logs, publish only what beats production, roll it out.
+
+One run, under a lock (Redis or a lock file) so two never overlap:
+    newest `window_days` days -> train a candidate with the production training config
+    (all but the newest two days train, the day before the newest validates)
+    -> score the candidate (PyTorch) and the production model (its published ONNX, through ONNX
+    Runtime, exactly as served) on the newest day with the same metrics
+    -> gate (training.gate) -> publish: export (atomic) and then, last, the experiment config
+    (replace the default arm, or a treatment layer taking `share` of the buckets), saved with a
+    stale-version check -> report (JSON + markdown) in report_dir/<run id>/.
+A failed or killed run leaves registry and config as they were: nothing is written to either
+before the gate has passed, the export is a rename, and the config is written in one step at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import yaml
+
+from ranker.experiments import ExperimentConfig, ExperimentError, Layer, ModelRef, Variant
+from ranker.registry import MODEL_FILE, Manifest, RegistryError, load_manifest, verify
+from ranker.scoring import DEFAULT_FORMULA
+from serving.experiments import (
+    ExperimentStore,
+    FileStore,
+    RedisStore,
+    StoreError,
+    latest_names,
+)
+from serving.settings import Settings
+from training.config import ConfigError
+from training.gate import Decision, decide
+from training.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
+from training.retrain_config import RetrainConfig, RolloutConfig, candidate_config
+from training.retrain_report import Outcome, render, write_report
+
+log = logging.getLogger("ranker.retrain")
+
+EXIT_OK = 0  # published and rolled out, or production kept (the gate did not pass)
+EXIT_FAILED = 1  # the run failed; registry and config untouched
+EXIT_USAGE = 2  # bad config, cron expression, logs, registry entry, or a failed export check
+EXIT_LOCKED = 4  # another run holds the lock
+EXIT_UNREFERENCED = 5  # published, but the experiment config could not be updated
+
+_RUN_ID = re.compile(r"\d{8}T\d{6}Z(-\d+)*")
+
+
+class RetrainError(RuntimeError):
+    """A run that cannot go on; the registry and the experiment config are left untouched."""
+
+
+# -- stores, lock, production --------------------------------------------------------------------
+def open_store(config: RetrainConfig) -> ExperimentStore:
+    """The service's experiment store. No seed: an empty store means "no production yet"."""
+    exp, registry = config.experiments, Path(config.registry)
+    if exp.redis_url:
+        names = Settings(redis_prefix=exp.redis_prefix)
+        return RedisStore(exp.redis_url, names.experiments_key, names.experiments_channel, registry)
+    assert exp.file is not None
+    return FileStore(Path(exp.file), registry)
+
+
+def open_lock(config: RetrainConfig) -> RunLock:
+    lock, exp = config.lock, config.experiments
+    if lock.backend == "redis" or (lock.backend == "auto" and exp.redis_url):
+        assert exp.redis_url is not None
+        key = lock.key or f"{exp.redis_prefix}:retrain:{config.model_name}:lock"
+        return RedisLock(exp.redis_url, key, lock.ttl_s)
+    path = lock.file or Path(config.registry) / f".retrain-{config.model_name}.lock"
+    return FileLock(path, lock.ttl_s)
+
+
+def load_current(store: ExperimentStore) -> ExperimentConfig | None:
+    """The stored experiment config, or None when nothing is stored yet."""
+    if isinstance(store, FileStore):
+        if not store.path.exists():
+            return None
+    elif store.poll() is None:
+        return None
+    return store.load()
+
+
+def production_metrics(
+    config: RetrainConfig, ref: ModelRef, gate_day: str
+) -> tuple[Manifest, dict[str, dict[str, float]]]:
+    """Production's metrics on the gate day: its published ONNX through ONNX Runtime, fed by its
+    own fitted feature spec, exactly as the service scores it."""
+    from ranker.features import FeatureEncoder
+    from training.data import encode_log, read_log
+    from training.evaluate import evaluate_predictions
+    from training.tune import onnx_predict
+
+    version_dir = Path(config.registry) / ref.name / ref.version
+    manifest = verify(version_dir)
+    spec = manifest.spec()
+    day_log = read_log(
+        list(config.data.paths), spec, drop_invalid=config.train.data.drop_invalid
+    ).filter_days([gate_day])
+    data = encode_log(day_log, FeatureEncoder(spec))
+    return manifest, evaluate_predictions(onnx_predict(version_dir, manifest, data), data)
+
+
+def rolled_out(
+    current: ExperimentConfig | None, new: ModelRef, rollout: RolloutConfig
+) -> tuple[ExperimentConfig, str]:
+    """The experiment config that serves `new`, and what changed, in words."""
+    if current is None:
+        fresh = ExperimentConfig(1, "ranker", new, DEFAULT_FORMULA, ())
+        return fresh, f"new experiment config: default arm -> {new}"
+    if rollout.mode == "replace":
+        changed = dataclasses.replace(current, default_model=new)
+        return changed, f"default arm {current.default_model} -> {new}"
+    end = round(rollout.share * rollout.buckets)
+    layer = Layer(rollout.layer, rollout.buckets, (Variant(rollout.variant, 0, end, model=new),))
+    names = [existing.name for existing in current.layers]
+    layers = [layer if existing.name == layer.name else existing for existing in current.layers]
+    if layer.name not in names:
+        layers.append(layer)
+    changed = dataclasses.replace(current, layers=tuple(layers))
+    return changed, (
+        f"layer {rollout.layer}: variant {rollout.variant} -> {new} on buckets [0, {end}) of "
+        f"{rollout.buckets}; default arm stays {current.default_model}"
+    )
+
+
+# -- one run -------------------------------------------------------------------------------------
+def _fresh_dir(parent: Path, run_id: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = parent / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RetrainError(f"{parent}: no free directory for run {run_id}")
+
+
+def run_once(config: RetrainConfig) -> Outcome:
+    """One retraining run under the lock. LockedError when another run holds it; any other
+    exception is recorded in the report and re-raised."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    lock = open_lock(config)
+    lock.acquire()
+    try:
+        out = Outcome(
+            run_id=now.strftime("%Y%m%dT%H%M%SZ"),
+            started_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            exit_code=EXIT_FAILED,
+            model_name=config.model_name,
+            config=config.to_dict(),
+        )
+        report_dir = _fresh_dir(Path(config.report_dir), out.run_id)
+        out.run_id, out.report_dir = report_dir.name, str(report_dir)
+        try:
+            _run(config, lock, out)
+            return out
+        except BaseException as exc:  # interrupted runs are reported too, then re-raised
+            out.decision, out.exit_code = "failed", EXIT_FAILED
+            out.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            out.reason += (
+                "; registry and experiment config untouched"
+                if out.published is None
+                else f"; {out.published} is published but the experiment config was not updated"
+            )
+            raise
+        finally:
+            out.seconds = round(time.perf_counter() - started, 2)
+            write_report(out, report_dir)
+            log.info(
+                "retrain %s: %s (%s); report %s", out.run_id, out.decision, out.reason, report_dir
+            )
+    finally:
+        _prune_runs(Path(config.runs_dir), config.keep_runs)
+        lock.release()
+
+
+def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
+    from training.trainer import Trainer, prepare_data
+
+    store = open_store(config)
+    try:
+        out.experiments = {"store": store.description, "mode": config.rollout.mode}
+        current = load_current(store)
+        out.experiments["version_before"] = current.version if current else None
+        production = current.default_model if current else None
+        out.production = str(production) if production else None
+        if current is not None and config.rollout.mode == "treatment":
+            _refuse_latest(store)
+
+        run_dir = _fresh_dir(Path(config.runs_dir), out.run_id)
+        out.run_dir = str(run_dir)
+        train_config = candidate_config(config, run_dir)
+        log.info("retrain %s: training a candidate in %s", out.run_id, run_dir)
+        data = prepare_data(train_config)
+        result = Trainer(train_config, data, run_dir, progress=False).fit()
+        split = result["split"]
+        out.window = {"train": split["train"], "valid": split["valid"], "gate": split["test"]}
+        days = sum(len(v) for v in out.window.values())
+        if days < config.window_days:
+            out.warnings.append(f"the log holds {days} days; window_days is {config.window_days}")
+        gate_day = split["test"][0]
+        out.candidate_metrics = result["test"]
+
+        manifest = None
+        if production is not None:
+            log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
+            manifest, out.production_metrics = production_metrics(config, production, gate_day)
+            seen = manifest.data_window.get("train", []) + manifest.data_window.get("valid", [])
+            if gate_day in seen:
+                out.warnings.append(
+                    f"production {production} was trained or validated on the gate day "
+                    f"{gate_day}: the comparison favours it"
+                )
+        decision = decide(config.gate, result["test"], out.production_metrics)
+        _record(out, decision)
+        if not decision.publish:
+            out.decision, out.exit_code = "keep", EXIT_OK
+            return
+        _publish(config, store, lock, out, run_dir, current, manifest)
+    finally:
+        store.close()
+
+
+def _refuse_latest(store: ExperimentStore) -> None:
+    """A file config naming `latest` would serve a new version to everyone at once."""
+    if isinstance(store, FileStore):
+        names = latest_names(yaml.safe_load(store.path.read_text()))
+        if names:
+            raise ConfigError(
+                f"{store.path} names model version 'latest' ({names}): publishing would switch "
+                "every user at once; pin the versions there or use rollout.mode=replace"
+            )
+
+
+def _record(out: Outcome, decision: Decision) -> None:
+    out.reason = decision.reason
+    out.checks = [dataclasses.asdict(c) for c in decision.checks]
+
+
+def _publish(
+    config: RetrainConfig,
+    store: ExperimentStore,
+    lock: RunLock,
+    out: Outcome,
+    run_dir: Path,
+    current: ExperimentConfig | None,
+    production: Manifest | None,
+) -> None:
+    from training.export import export_run
+
+    # The gate judged against `current`'s default arm: if it moved meanwhile, the verdict is stale.
+    latest = load_current(store)
+    before = latest.default_model if latest else None
+    if before != (current.default_model if current else None):
+        raise RetrainError(
+            f"production changed during the run ({out.production} -> {before}); not publishing"
+        )
+    lock.check()
+    parent = None
+    if production is not None:
+        same = production.name == config.model_name
+        parent = production.version if same else f"{production.name}/{production.version}"
+    manifest = export_run(run_dir, config.registry, config.model_name, parent=parent)
+    out.published, out.decision = manifest.version, "publish"
+    log.info("retrain %s: published %s/%s", out.run_id, manifest.name, manifest.version)
+    new = ModelRef(manifest.name, manifest.version)
+    try:
+        lock.check()
+        changed, out.rollout = rolled_out(latest, new, config.rollout)
+        registry = Path(config.registry)
+        # What the service checks before it swaps a config in: every model exists and predicts
+        # the tasks its score formula weighs.
+        changed.check_models(
+            lambda ref: (registry / ref.name / ref.version / MODEL_FILE).is_file(),
+            lambda ref: load_manifest(registry / ref.name / ref.version).task_names,
+        )
+        if isinstance(store, FileStore):
+            store.path.parent.mkdir(parents=True, exist_ok=True)
+        stored = store.save(changed, expected_version=latest.version if latest else 0)
+    except (StoreError, ExperimentError, RegistryError, LockLostError, OSError) as exc:
+        out.exit_code = EXIT_UNREFERENCED
+        out.experiments["error"] = str(exc)
+        out.reason += (
+            f"; {manifest.version} is published but the experiment config was NOT updated "
+            f"({type(exc).__name__}: {exc}). Serving keeps the versions the config names, so "
+            "the new version is unused: point the config at it by hand or rerun"
+        )
+        return
+    out.experiments["version_after"] = stored.version
+    out.exit_code = EXIT_OK
+
+
+def _prune_runs(runs_dir: Path, keep: int | None) -> None:
+    if keep is None or not runs_dir.is_dir():
+        return
+    runs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and _RUN_ID.fullmatch(p.name))
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- report ------------------------------------------------------------------------------------
+# -- command line ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def progress_to_stderr() -> Iterator[None]:
+    """The job's progress lines on stderr, without the exporter's chatty INFO logs."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def run_command(config: RetrainConfig) -> int:
+    """One run for the CLI: prints the report, returns the exit code (see EXIT_*)."""
+    try:
+        out = run_once(config)
+    except LockedError as exc:
+        print(f"ranker retrain: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ValueError as exc:  # config, data, registry: the user can act on the message
+        print(f"ranker retrain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RetrainError, LockLostError, StoreError, redis.RedisError) as exc:
+        print(f"ranker retrain: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(render(out), end="")
+    print(f"report: {out.report_dir}")
+    return out.exit_code

@@ -1,0 +1,129 @@
+"""The retraining report: what one run did (report.json) and a readable report.md with the
+candidate's and production's metrics side by side."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Outcome:
+    """What one run did; `to_dict` is report.json."""
+
+    run_id: str
+    started_at: str
+    # The command's exit code (training.retrain.EXIT_*).
+    exit_code: int
+    decision: str = "failed"  # publish | keep | failed
+    reason: str = ""
+    model_name: str = ""
+    run_dir: str = ""
+    report_dir: str = ""
+    window: dict[str, list[str]] = field(default_factory=dict)
+    production: str | None = None
+    published: str | None = None
+    candidate_metrics: dict[str, Any] | None = None
+    production_metrics: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    rollout: str = ""
+    experiments: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    # The effective retrain config (after environment and overrides).
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_report(out: Outcome, report_dir: Path) -> None:
+    (report_dir / "report.json").write_text(
+        json.dumps(_json_safe(out.to_dict()), indent=2, allow_nan=False) + "\n"
+    )
+    (report_dir / "report.md").write_text(render(out))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def render(out: Outcome) -> str:
+    """report.md: decision first, then candidate vs production side by side."""
+    lines = [
+        f"# Retraining run {out.run_id}: {out.decision}",
+        "",
+        f"- model: {out.model_name}; production: {out.production or 'none'}; "
+        f"published: {out.published or 'nothing'}",
+        f"- reason: {out.reason}",
+        f"- exit code: {out.exit_code}; took {out.seconds:.1f} s; run directory: {out.run_dir or '-'}",
+    ]
+    if out.window:
+        lines.append(
+            f"- days: train {', '.join(out.window['train'])}; valid {', '.join(out.window['valid'])}; "
+            f"gate {', '.join(out.window['gate'])}"
+        )
+    if out.rollout:
+        lines.append(f"- rollout: {out.rollout}")
+    if out.experiments:
+        lines.append(
+            "- experiment config: "
+            + "; ".join(f"{k} {_fmt(v)}" for k, v in out.experiments.items())
+        )
+    lines.extend(f"- warning: {w}" for w in out.warnings)
+    if out.checks:
+        lines += [
+            "",
+            "## Gate",
+            "",
+            "| metric | role | candidate | production | change | limit | pass |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in out.checks:
+            # Primary: absolute, in the metric's unit; guards: relative, in percent.
+            shown = "{:+.4g}" if c["role"] == "primary" else "{:+.2%}"
+            change = "-" if c["change"] is None else shown.format(c["change"])
+            limit = f"{c['limit']:g}" if c["role"] == "primary" else f"{c['limit']:.2%}"
+            lines.append(
+                f"| {c['metric']} | {c['role']} | {_fmt(c['candidate'])} | {_fmt(c['production'])} "
+                f"| {change} | {limit} | {'yes' if c['passed'] else 'NO'} |"
+            )
+        lines.append("")
+        lines.append(
+            "Primary change: absolute improvement in the metric's direction (needs >= limit); "
+            "guard change: relative degradation (positive = worse; needs <= limit). The candidate is scored with PyTorch (its export "
+            "must match ONNX Runtime within 1e-4), production with its published ONNX model "
+            "through ONNX Runtime, as served."
+        )
+    if out.candidate_metrics:
+        lines += ["", "## All metrics on the gate day", ""]
+        lines += ["| metric | candidate | production |", "|---|---|---|"]
+        prod = out.production_metrics or {}
+        for task, scores in out.candidate_metrics.items():
+            for name, value in scores.items():
+                if name.startswith(("oracle_", "gap_")):
+                    continue
+                key = "score" if task == "score" else f"{task}.{name}"
+                other = prod.get(task, {}).get(name)
+                lines.append(f"| {key} | {_fmt(value)} | {_fmt(other)} |")
+    return "\n".join(lines) + "\n"

@@ -242,7 +242,7 @@ def _ab_report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
-    return run_demo(Path(args.workdir), quick=args.quick)
+    return run_demo(Path(args.workdir), quick=args.quick, stop=args.stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,7 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", _demo, "run the main job end to end on embedded defaults")
     demo.add_argument("--workdir", default="out/demo", help="where data, runs and models go")
-    demo.add_argument("--quick", action="store_true", help="smallest sizes (used by tests)")
+    demo.add_argument(
+        "--quick", action="store_true", help="smallest sizes, service stopped at the end (tests)"
+    )
+    demo.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the service at the end instead of leaving it running",
+    )
     return parser
 
 

@@ -1,26 +1,38 @@
 """`ranker demo`: the main job end to end on embedded defaults (no Redis, no data to download).
 
 simulate logs -> validate -> train MMoE + EMTL + self-auxiliary heads -> export ONNX to the registry
--> tune the score weights -> write an A/B experiment config (hand-picked vs tuned weights).
+-> tune the score weights -> write an A/B experiment config (hand-picked vs tuned weights) -> start
+the service on 127.0.0.1 -> a short simulated A/B test and its report -> a few ranked requests,
+printed -> leave the service running (or stop it).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import httpx
 import yaml
 
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
+from training.ab_render import markdown
+from training.ab_report import ab_report
 from training.cli import render_metrics
 from training.config import load_config
 from training.data import read_log
 from training.export import export_run
 from training.simulate import SimulatorConfig, simulate
 from training.summary import summarize
+from training.traffic import TrafficConfig, request_body, run_traffic, sample_requests
 from training.trainer import Trainer, prepare_data
 from training.tune import render, tune, write_outputs
+from training.world import World
 
 MODEL_NAME = "ranker"
 
@@ -29,8 +41,8 @@ def _step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def demo_sizes(quick: bool) -> tuple[SimulatorConfig, list[str], int]:
-    """Simulator config, training overrides and tuning trials: full demo or the tests' quick one."""
+def demo_sizes(quick: bool) -> tuple[SimulatorConfig, list[str], int, int]:
+    """Simulator config, training overrides, tuning trials and A/B requests: full demo or quick."""
     if quick:
         sim = SimulatorConfig(
             users=300, items=1000, authors=100, days=4, requests_per_day=100, oracle=True
@@ -43,7 +55,7 @@ def demo_sizes(quick: bool) -> tuple[SimulatorConfig, list[str], int]:
             "model.config.expert_units=[16]",
             "model.config.tower_units=[8]",
         ]
-        return sim, train, 10
+        return sim, train, 10, 60
     sim = SimulatorConfig(users=5000, items=20000, days=7, requests_per_day=5000, oracle=True)
     train = [
         "train.epochs=2",
@@ -51,7 +63,7 @@ def demo_sizes(quick: bool) -> tuple[SimulatorConfig, list[str], int]:
         "model.config.expert_units=[128, 64]",
         "model.config.tower_units=[64]",
     ]
-    return sim, train, 60
+    return sim, train, 60, 2000
 
 
 def experiments_doc(model_version: str, tuned: dict | None) -> dict:
@@ -77,11 +89,91 @@ def experiments_doc(model_version: str, tuned: dict | None) -> dict:
     return doc
 
 
-def run_demo(workdir: Path, *, quick: bool = False) -> int:
+def free_port(preferred: int = 8000) -> int:
+    """`preferred` when it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def start_service(
+    workdir: Path, registry: Path, experiments: Path, port: int
+) -> subprocess.Popen[bytes]:
+    """`python -m serving.server` on 127.0.0.1 in the background; waits until /readyz says ready."""
+    serving_dir = workdir / "serving"
+    serving_dir.mkdir(exist_ok=True)
+    impressions = serving_dir / "impressions.jsonl"
+    impressions.unlink(missing_ok=True)  # this run's A/B test reads only this run's impressions
+    env = {
+        **os.environ,
+        "RANKER_REGISTRY": str(registry),
+        "RANKER_EXPERIMENTS_FILE": str(experiments),
+        "RANKER_IMPRESSION_LOG": str(impressions),
+        "RANKER_HOST": "127.0.0.1",
+        "RANKER_PORT": str(port),
+        "RANKER_LOG_LEVEL": "warning",
+    }
+    log = (serving_dir / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    (workdir / "serve.pid").write_text(f"{process.pid}\n")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the service exited with code {process.returncode}; see {serving_dir / 'serve.log'}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    raise RuntimeError(f"the service was not ready within 120 s; see {serving_dir / 'serve.log'}")
+
+
+def show_rankings(url: str, world: World, count: int = 2, top_k: int = 5) -> None:
+    """POST a few simulated users' requests and print each ranked list readably."""
+    day = world.config.days
+    for req in sample_requests(world, day, seed=99, n=count):
+        body = request_body(world, req, top_k)
+        body["request_id"] = f"demo-{req.request_id}"
+        response = httpx.post(f"{url}/rank", json=body, timeout=10)
+        response.raise_for_status()
+        doc = response.json()
+        layers = ", ".join(
+            f"{x['layer']}: bucket {x['bucket']} -> {x['variant'] or 'default'}"
+            for x in doc["experiment"]["layers"]
+        )
+        print(
+            f"\nuser {body['user']['user_id']} ({len(body['candidates'])} candidates), model {doc['model_version']}, {layers or 'no experiment layers'}"
+        )
+        print(
+            f"  {'rank':>4}  {'item':>6}  {'score':>7}  {'P(click)':>8}  {'watch s':>7}  {'completion':>10}"
+        )
+        for rank, item in enumerate(doc["items"], 1):
+            p = item["predictions"]
+            print(
+                f"  {rank:>4}  {item['item_id']:>6}  {item['score']:>7.3f}  {p['click']:>8.3f}  {p['watch_time']:>7.1f}  {p['completion']:>10.3f}"
+            )
+
+
+def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir, run_dir, registry = workdir / "data", workdir / "run", workdir / "models"
-    sim_config, train_overrides, trials = demo_sizes(quick)
+    sim_config, train_overrides, trials, ab_requests = demo_sizes(quick)
 
     _step(f"simulate impression logs -> {data_dir}")
     sim = simulate(sim_config, data_dir, progress=not quick)
@@ -129,5 +221,48 @@ def run_demo(workdir: Path, *, quick: bool = False) -> int:
     doc = experiments_doc(manifest.version, tuned.best.to_dict() if tuned.best else None)
     experiments.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"\nexperiment config (control = hand-picked weights, tuned = treatment): {experiments}")
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    _step(f"start the service on {url} (ONNX Runtime, file experiment store, no Redis)")
+    service = start_service(workdir, registry, experiments, port)
+    try:
+        world = World(sim_config)
+        _step(
+            f"simulated A/B test: {ab_requests} requests from simulated users, outcomes from the ground truth"
+        )
+        traffic = run_traffic(
+            world,
+            TrafficConfig(
+                url=url, out=workdir / "traffic", requests=ab_requests, seconds=300, concurrency=4
+            ),
+        )
+        print("\n".join(traffic.lines()[:4]))
+        report, files = ab_report(
+            workdir / "traffic" / "outcomes.jsonl",
+            workdir / "ab",
+            impressions=workdir / "serving" / "impressions.jsonl",
+            experiments=experiments,
+        )
+        print(markdown(report))
+        print(f"A/B report: {files['markdown']}, {files['png']}")
+
+        _step("rank a few requests")
+        show_rankings(url, world)
+    except BaseException:
+        service.terminate()
+        raise
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    if stop or quick:
+        service.terminate()
+        service.wait(timeout=30)
+        print("service stopped")
+    else:
+        print(
+            f"\nthe service keeps running (pid {service.pid}, log {workdir / 'serving' / 'serve.log'}):"
+        )
+        print(f"  API docs  {url}/docs")
+        print(f"  metrics   {url}/metrics")
+        print(f"  readiness {url}/readyz")
+        print(f"  stop it   kill $(cat {workdir / 'serve.pid'})")
     return 0

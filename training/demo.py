@@ -118,14 +118,14 @@ def start_service(
         "RANKER_PORT": str(port),
         "RANKER_LOG_LEVEL": "warning",
     }
-    log = (serving_dir / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server"],
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    with (serving_dir / "serve.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.server"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     (workdir / "serve.pid").write_text(f"{process.pid}\n")
     deadline = time.time() + 120
     while time.time() < deadline:

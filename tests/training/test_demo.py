@@ -14,7 +14,11 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     for stage in ("simulate", "train MMoE + EMTL", "export ONNX", "tune the ranking-score"):
         assert stage in out
-    for stage in ("start the service on http://127.0.0.1:", "simulated A/B test", "rank a few requests"):
+    for stage in (
+        "start the service on http://127.0.0.1:",
+        "simulated A/B test",
+        "rank a few requests",
+    ):
         assert stage in out
     assert "service stopped" in out  # --quick never leaves a server behind
     assert "impressions without outcome: 0" in out

@@ -237,7 +237,7 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
                 url=url, out=workdir / "traffic", requests=ab_requests, seconds=300, concurrency=4
             ),
         )
-        print("\n".join(traffic.lines()[:4]))
+        print("\n".join(traffic.lines()[: 3 + len(traffic.requests_by_variant)]))
         report, files = ab_report(
             workdir / "traffic" / "outcomes.jsonl",
             workdir / "ab",

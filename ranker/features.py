@@ -148,9 +148,27 @@ def hash_categorical(
     values: ColumnLike, buckets: int, feature: str, default: str = ""
 ) -> np.ndarray:
     """Bucket ids in [0, buckets) for a 1-d column of categorical values."""
+    ints = _plain_ints(values)
+    if ints is not None:
+        dense = _dense_range_buckets(ints, buckets)
+        if dense is not None:
+            return dense
     hashes = category_hashes(values, feature, default)
     np.remainder(hashes, np.uint64(buckets), out=hashes)
     return hashes.view(np.int64)
+
+
+def _dense_range_buckets(ints: np.ndarray, buckets: int) -> np.ndarray | None:
+    """Buckets of integers that span fewer values than there are rows (ids, hours, codes): hash
+    each value of the range once and gather, instead of mixing and dividing every row."""
+    if ints.size < 1024:
+        return None
+    low, high = int(ints.min()), int(ints.max())
+    if high - low >= ints.size:
+        return None
+    table = mix64(np.arange(low, high + 1, dtype=np.int64))
+    np.remainder(table, np.uint64(buckets), out=table)
+    return table.view(np.int64)[ints - low]
 
 
 def _plain_ints(column: ColumnLike) -> np.ndarray | None:
@@ -319,7 +337,10 @@ class FeatureEncoder:
         for j, f in enumerate(features):
             column = self._column(columns, f, rows)
             ints = _plain_ints(column)
-            if ints is None:
+            dense = None if ints is None else _dense_range_buckets(ints, f.buckets)
+            if dense is not None:
+                out[:, j] = dense
+            elif ints is None:
                 out[:, j] = hash_categorical(column, f.buckets, f.name, str(f.default))
             else:
                 plain.append((j, ints))

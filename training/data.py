@@ -88,8 +88,14 @@ def log_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_table(file: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """One file as an Arrow table; unreadable files raise DataError naming the file."""
+def read_table(
+    file: Path, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()
+) -> pa.Table:
+    """One file as an Arrow table; unreadable files raise DataError naming the file.
+
+    Text columns named in `dictionary` stay dictionary-encoded as Parquet stores them, so the
+    encoder hashes each distinct value once without re-encoding millions of strings.
+    """
     try:
         if file.suffix == ".csv":
             table = pacsv.read_csv(file)
@@ -98,7 +104,9 @@ def read_table(file: Path, columns: Sequence[str] | None = None) -> pa.Table:
             )
         present = pq.read_schema(file).names
         wanted = [c for c in columns if c in present] if columns else None
-        return pq.read_table(file, columns=wanted, partitioning=None)
+        return pq.read_table(
+            file, columns=wanted, partitioning=None, read_dictionary=list(dictionary) or None
+        )
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
         raise DataError(str(file), f"cannot parse the file: {exc}") from None
 
@@ -108,6 +116,10 @@ def required_columns(spec: FeatureSpec) -> list[str]:
     names = [*ID_COLUMNS, *LABEL_COLUMNS]
     names += [n for n in spec.names if n not in names]
     return names
+
+
+def categorical_columns(spec: FeatureSpec) -> list[str]:
+    return [f.name for f in spec.features if f.kind == "categorical"]
 
 
 def read_log(
@@ -123,7 +135,7 @@ def read_log(
     tables: list[pa.Table] = []
     dropped: dict[str, int] = {}
     for file in files:
-        table = read_table(file, wanted)
+        table = read_table(file, wanted, categorical_columns(spec))
         missing = [c for c in required_columns(spec) if c not in table.column_names]
         if missing:
             raise DataError(str(file), "missing column", column=missing[0])

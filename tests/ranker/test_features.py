@@ -155,3 +155,14 @@ def test_encoding_is_deterministic_and_row_independent(rows: list[dict]) -> None
         for name, array in batch.items():
             assert (again[name] == array).all()
             np.testing.assert_array_equal(alone[name][0], array[i])
+
+
+@pytest.mark.parametrize("low", [0, -500, 10**12])
+def test_dense_range_shortcut_equals_hashing_every_row(low: int) -> None:
+    rng = np.random.default_rng(low % 97)
+    ints = rng.integers(low, low + 300, 5000)  # fewer distinct values than rows: the shortcut
+    direct = (mix64(ints) % np.uint64(997)).astype(np.int64)
+    np.testing.assert_array_equal(hash_categorical(ints, 997, "f"), direct)
+    spec = spec_of([Feature(name="f", side="item", kind="categorical", buckets=997)])
+    encoded = FeatureEncoder(spec).encode_group("item", {"f": ints}, len(ints))["item_cat"][:, 0]
+    np.testing.assert_array_equal(encoded, direct)

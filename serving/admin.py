@@ -19,7 +19,7 @@ from serving.errors import ApiError, split_field
 from serving.experiments import StaleVersionError, StoreError, parse_document
 from serving.schemas import ADMIN_ERRORS
 from serving.state import ConfigRejected, ServingState
-from serving.validation import loads_config
+from serving.validation import loads_object
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep], responses=ADMIN_ERRORS)
 
@@ -66,7 +66,7 @@ def expected_version(request: Request) -> int | None:
 async def put_experiments(request: Request, service: ServiceDep) -> Response:
     settings = service.settings
     expected = expected_version(request)
-    doc = dict(loads_config(await read_body(request, settings.max_body_bytes)))
+    doc = loads_object(await read_body(request, settings.max_body_bytes))
     doc.setdefault("version", 1)  # placeholder: the store numbers versions
     try:
         config = parse_document(doc, settings.registry)

@@ -12,7 +12,6 @@ spec's default; JSON null counts as left out. Unknown categorical values are val
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +66,7 @@ def _type_name(value: Any) -> str:
 
 def parse_request(body: bytes, max_candidates: int) -> RankRequest:
     """The request's structure: JSON object, required fields, ids, candidate count, top_k."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "body", f"malformed JSON: {exc}") from None
-    if type(doc) is not dict:
-        raise bad_request("body", f"expected a JSON object, got {_type_name(doc)}")
+    doc = loads_object(body)
     if not doc.keys() <= REQUEST_KEYS:
         extra = sorted(doc.keys() - REQUEST_KEYS)[0]
         raise bad_request(extra, f"unknown field; valid: {sorted(REQUEST_KEYS)}")
@@ -251,8 +245,8 @@ def _check_column(column: list[Any], name: str, kind: str) -> Any:
     return column
 
 
-def loads_config(body: bytes) -> Mapping[str, Any]:
-    """An admin JSON body as a mapping (400 when it is not JSON, 422 when not an object)."""
+def loads_object(body: bytes) -> dict[str, Any]:
+    """A JSON object from a body (400 when it is not JSON, 422 when not an object)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

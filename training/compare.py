@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -139,23 +140,26 @@ def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]
         config = _simulated(config, out / "data")
     keys = config.grid()
     configs = {key: run_config(config, key) for key in keys}
-    results: dict[RunKey, dict[str, Any]] = {}
-    bar = tqdm(total=len(keys), desc="compare", unit="run", disable=not progress)
-    first = configs[keys[0]]
-    if config.workers > 1:
+    results = {k: r for k in keys if (r := _finished(configs[k])) is not None}
+    pending = [k for k in keys if k not in results]
+    bar = tqdm(total=len(pending), desc="compare", unit="run", disable=not progress)
+    if pending and config.workers > 1:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            config.workers, mp_context=context, initializer=_init_worker, initargs=(first,)
+            config.workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(configs[pending[0]],),
         ) as pool:
-            futures = {pool.submit(_train_one, configs[key]): key for key in keys}
+            futures = {pool.submit(_train_one, configs[key]): key for key in pending}
             for future in futures:
                 results[futures[future]] = future.result()
                 bar.update()
-    else:
-        _init_worker(first)
-        for key in keys:
+    elif pending:
+        _init_worker(configs[pending[0]])
+        for key in pending:
             results[key] = _train_one(configs[key])
             bar.update()
     bar.close()
@@ -171,6 +175,17 @@ def _simulated(config: CompareConfig, data_dir: Path) -> CompareConfig:
     base = yaml.safe_load(yaml.safe_dump(plain(config.base))) or {}
     base.setdefault("data", {})["paths"] = [str(data_dir)]
     return dataclasses.replace(config, base=base)
+
+
+def _finished(train_config: TrainConfig) -> dict[str, Any] | None:
+    """The result of a run that already finished with this exact config: a re-run resumes."""
+    path = Path(train_config.out) / "metrics.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("config") != train_config.to_dict():
+        return None
+    return {"test": doc.get("test", doc["valid"]), "seconds": doc["seconds"]}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -286,22 +301,28 @@ def _pareto_plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     markers = {"mmoe": "o", "ple": "s", "shared_bottom": "^"}
+    balancers = list(dict.fromkeys(e["balancer"] for e in summary))
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(balancers)}
     for e in summary:
+        colour = colours[e["balancer"]]
         ax.scatter(
             e["watch_time.rmse"],
             e["click.auc"],
             marker=markers.get(e["model"], "o"),
-            facecolors="none" if e["aux"] == "none" else None,
+            facecolors="none" if e["aux"] == "none" else colour,
+            edgecolors=colour,
             s=50,
         )
-        ax.annotate(
-            f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}",
-            (e["watch_time.rmse"], e["click.auc"]),
-            fontsize=6,
-        )
+        label = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
+        point = (e["watch_time.rmse"], e["click.auc"])
+        ax.annotate(label, point, fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("watch-time RMSE (s), lower is better")
     ax.set_ylabel("click AUC, higher is better")
-    ax.set_title("test metrics per configuration (mean over seeds); circles MMoE, squares PLE")
+    ax.set_title(
+        "test metrics per configuration, mean over seeds\n"
+        "(circles MMoE, squares PLE; filled: self-aux heads)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

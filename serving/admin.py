@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ranker.experiments import ExperimentError
 from serving.api import body_schema
-from serving.deps import AdminDep, ServiceDep, json_response, read_body
+from serving.deps import AdminDep, ServiceDep, json_response, read_body, require_json
 from serving.errors import ApiError, split_field
 from serving.experiments import StaleVersionError, StoreError, parse_document
 from serving.schemas import ADMIN_ERRORS
@@ -66,6 +66,7 @@ def expected_version(request: Request) -> int | None:
 async def put_experiments(request: Request, service: ServiceDep) -> Response:
     settings = service.settings
     expected = expected_version(request)
+    require_json(request)
     doc = loads_object(await read_body(request, settings.max_body_bytes))
     doc.setdefault("version", 1)  # placeholder: the store numbers versions
     try:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from serving.deps import read_body
+from serving.deps import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.impressions import now_ms
 from serving.ranking import RankResult, experiment_doc, rank, render
@@ -38,6 +38,7 @@ async def rank_endpoint(request: Request) -> Response:
     settings = service.settings
     variant = "-"
     try:
+        require_json(request)
         body = await read_body(request, settings.max_body_bytes)
         state = service.manager.state  # read once: a swap cannot change it under this request
         if state is None:

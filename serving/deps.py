@@ -44,6 +44,17 @@ def require_admin(request: Request) -> None:
 AdminDep = Depends(require_admin)
 
 
+def require_json(request: Request) -> None:
+    """Refuse bodies declared as anything but JSON: a form or text/plain post is what a foreign web
+    page can send cross-site without a CORS preflight. No Content-Type at all is accepted."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, "content-type", f"expected application/json, got {media[:60]!r}")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than `limit` bytes by Content-Length and by what actually arrives."""
     length = request.headers.get("content-length")

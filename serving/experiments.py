@@ -14,7 +14,6 @@ publish is picked up without a restart.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import tempfile
@@ -71,21 +70,44 @@ def model_fields(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     default = doc.get("default")
     if isinstance(default, dict) and isinstance(default.get("model"), dict):
         found.append(("default.model", default["model"]))
-    for layer in doc.get("layers") or []:
+    layers = doc.get("layers")
+    for layer in layers if isinstance(layers, list) else []:
         if not isinstance(layer, dict):
             continue
-        for variant in layer.get("variants") or []:
+        variants = layer.get("variants")
+        for variant in variants if isinstance(variants, list) else []:
             if isinstance(variant, dict) and isinstance(variant.get("model"), dict):
                 where = f"layers.{layer.get('name')}.{variant.get('name')}.model"
                 found.append((where, variant["model"]))
     return found
 
 
+def _with_model_copy(part: Any) -> Any:
+    """A shallow copy of a mapping whose `model` mapping is copied too (other values shared)."""
+    if not isinstance(part, dict):
+        return part
+    part = dict(part)
+    if isinstance(part.get("model"), dict):
+        part["model"] = dict(part["model"])
+    return part
+
+
 def resolve_latest(doc: Any, registry: Path) -> Any:
     """A copy of a config document with model version `latest` replaced by a concrete version."""
     if not isinstance(doc, dict):
         return doc
-    doc = copy.deepcopy(doc)
+    # Copy only the containers on the way to each model mapping: a deep copy of an untrusted
+    # body could recurse without bound.
+    doc = _with_model_copy(doc)
+    if isinstance(doc.get("default"), dict):
+        doc["default"] = _with_model_copy(doc["default"])
+    if isinstance(doc.get("layers"), list):
+        doc["layers"] = [
+            {**layer, "variants": [_with_model_copy(v) for v in layer["variants"]]}
+            if isinstance(layer, dict) and isinstance(layer.get("variants"), list)
+            else layer
+            for layer in doc["layers"]
+        ]
     for where, model in model_fields(doc):
         if model.get("version") != LATEST or not isinstance(model.get("name"), str):
             continue

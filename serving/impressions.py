@@ -8,6 +8,7 @@ a full queue, or a batch the sink refused three times, is logged and counted in 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -38,20 +39,31 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """Appends one JSON object per line; a line is written whole or not at all (one write call)."""
+    """Appends one JSON object per line. A batch lands whole or not at all: it is written
+    unbuffered, and a failed write (disk full) is cut back to the file's previous length, so the
+    file never holds a torn line or a record that was counted as failed."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.description = f"jsonl {self.path}"
-        self._handle = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, lines: Sequence[bytes]) -> None:
-        self._handle.write(b"".join(line + b"\n" for line in lines))
-        self._handle.flush()
+        data = memoryview(b"".join(line + b"\n" for line in lines))
+        start = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:
+            os.ftruncate(self._fd, start)
+            raise
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # shutdown must not fail on a full disk
+            log.error("closing impression log %s: %s", self.path, exc)
 
 
 class RedisStreamSink:

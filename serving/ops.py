@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from serving.deps import ServiceDep, json_response
 from serving.prometheus import CONTENT_TYPE
@@ -19,13 +19,17 @@ async def livez() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Ready when a warmed state serves; reports store and models")
+@router.get(
+    "/readyz",
+    summary="Ready when a warmed state serves; reports store and models",
+    responses={503: {"description": "not ready yet, or no model can serve; the body says why"}},
+)
 async def readyz(service: ServiceDep) -> Response:
     doc = readiness(service)
     return json_response(doc, 200 if doc["ready"] else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 

@@ -46,7 +46,7 @@ class RankRequest(BaseModel):
     )
     request_id: str = Field(min_length=1, max_length=256)
     user: User
-    context: dict[str, FeatureValue] = Field(default_factory=dict)
+    context: dict[str, FeatureValue] | None = None
     candidates: list[Candidate] = Field(min_length=1, description="at most RANKER_MAX_CANDIDATES")
     top_k: int | None = Field(default=None, ge=1)
 
@@ -99,12 +99,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "malformed JSON",
         413: "body over RANKER_MAX_BODY_BYTES",
+        415: "Content-Type is not application/json",
         422: "a field is missing, unknown, of the wrong type or value (named in `error.field`)",
         503: "not ready, or the model failed; the last good state keeps serving",
     }.items()
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{k: v for k, v in ERRORS.items() if k != 413},
+    **ERRORS,
     401: {"model": ErrorResponse, "description": "missing bearer token"},
     403: {"model": ErrorResponse, "description": "wrong token, or no admin token configured"},
     409: {"model": ErrorResponse, "description": "If-Match names a stale config version"},

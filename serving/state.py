@@ -166,6 +166,10 @@ class StateManager:
         except ExperimentError as exc:
             self._rejected(f"stored config: {exc}")
             return False
+        except Exception as exc:  # a document the validators did not foresee: report, keep serving
+            log.exception("stored experiment config could not be read")
+            self._rejected(f"stored config: {type(exc).__name__}: {exc}")
+            return False
         current = self.state
         if current is not None and current.config == config:
             return False

@@ -12,6 +12,7 @@ spec's default; JSON null counts as left out. Unknown categorical values are val
 from __future__ import annotations
 
 import itertools
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,7 @@ def _check_item_ids(ids: list[Any]) -> None:
             if key in seen:
                 raise bad_request(
                     f"candidates[{i}].item_id",
-                    f"duplicate item id {ids[i]!r} (also candidates[{seen[key]}])",
+                    f"duplicate item id {reprlib.repr(ids[i])} (also candidates[{seen[key]}])",
                 )
             seen[key] = i
     if str in types and "" in keys:
@@ -140,7 +141,9 @@ def _check_item_ids(ids: list[Any]) -> None:
 def _check_single(value: Any, kind: str, where: str) -> Any:
     """One value of a user/context feature; returns it (None for missing)."""
     if type(value) not in _ALLOWED[kind]:
-        raise bad_request(where, f"expected {_EXPECTED[kind]}, got {_type_name(value)} {value!r}")
+        raise bad_request(
+            where, f"expected {_EXPECTED[kind]}, got {_type_name(value)} {reprlib.repr(value)}"
+        )
     if kind == "multi_categorical" and value is not None:
         for j, item in enumerate(value):
             if type(item) not in _SCALAR:
@@ -205,7 +208,7 @@ def _first_bad(column: list[Any], name: str, kind: str, allowed: frozenset[type]
         if type(value) not in allowed:
             return bad_request(
                 f"candidates[{i}].{name}",
-                f"expected {_EXPECTED[kind]}, got {_type_name(value)} {value!r}",
+                f"expected {_EXPECTED[kind]}, got {_type_name(value)} {reprlib.repr(value)}",
             )
         if kind == "multi_categorical" and value is not None:
             for j, item in enumerate(value):

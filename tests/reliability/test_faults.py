@@ -194,15 +194,6 @@ async def test_bad_model_versions_are_refused_under_load(
     record("fault_models", {**load.summary(), "refused": refused, "then_served": fixed})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a malformed experiments file (e.g. `layers: 7`) crashes the file store's load with "
-        "TypeError in serving/experiments.py model_fields (see the PUT /experiments 500): the "
-        "watcher (serving/state.py StateManager.check catches only StoreError/ExperimentError) "
-        "logs it, and neither /readyz `rejected` nor ranker_config_rejected shows the fault"
-    ),
-)
 async def test_malformed_config_file_is_reported(settings: Settings, body: dict[str, Any]) -> None:
     async with serve(replace(settings, poll_interval_s=0.1)) as served:
         manager = served.service.manager
@@ -392,18 +383,6 @@ async def _dev_full(settings: Settings, body: dict[str, Any]) -> None:
     assert load.failed == 0, load.summary()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "after ENOSPC the JSONL impression log is not line-atomic: serving/impressions.py "
-        "JsonlSink writes through a buffered file, so a failed batch's bytes stay partly in the "
-        "file (torn line) or in the BufferedWriter and reach the file with the next write, while "
-        "ImpressionLog._write retries the batch and then counts it failed: the log gets torn or "
-        "duplicate records and records counted `failed` (and `written` != lines). Also "
-        "JsonlSink.close raises OSError out of the lifespan when the final flush fails. Fix: "
-        "unbuffered writes, and on error truncate back to the size before the batch"
-    ),
-)
 async def test_a_batch_refused_for_space_leaves_no_trace(
     settings: Settings, body: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -443,15 +422,6 @@ async def test_a_batch_refused_for_space_leaves_no_trace(
     assert ids == expected  # the refused batch left nothing, the others are whole and once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the same malformed experiments file at start-up makes the lifespan fail: "
-        "StateManager.start -> check -> FileStore.load raises TypeError (serving/experiments.py "
-        "model_fields) out of open_service, so the process exits instead of starting not-ready "
-        "with the reason in /readyz (as it does for a config naming a missing model)"
-    ),
-)
 async def test_malformed_config_file_at_start_up_is_reported(settings: Settings) -> None:
     path = Path(str(settings.experiments_file))
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "layers": 7}))

@@ -36,11 +36,7 @@ DEADLINE_S = 240.0
 # runs set aside problems whose report contains the signature (and print them), so whether a
 # seed happens to hit a known bug never decides the outcome. Fixing one: drop its xfail and its
 # entry here.
-KNOWN_BUGS = {
-    "POST /rank": "context: Incorrect type",  # test_context_null_is_refused_or_documented
-    "GET /metrics": "Undocumented Content-Type",  # test_metrics_media_type_is_documented
-    "PUT /experiments": "is not iterable",  # test_config_with_layers_not_a_list_is_refused
-}
+KNOWN_BUGS: dict[str, str] = {}
 OPERATIONS = [
     ("POST", "/rank"),
     ("GET", "/livez"),
@@ -113,13 +109,6 @@ def documented(app: Any, method: str, path: str) -> set[int]:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GET /readyz answers 503 while not ready (serving/ops.py readyz) but its OpenAPI entry "
-        "documents only 200"
-    ),
-)
 async def test_not_ready_statuses_are_documented(settings: Settings) -> None:
     served_file = settings.registry / "ranker" / "v0002" / MODEL_FILE
     served_file.write_bytes(b"tampered")
@@ -131,13 +120,6 @@ async def test_not_ready_statuses_are_documented(settings: Settings) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "PUT /experiments answers 413 for a body over RANKER_MAX_BODY_BYTES (serving/deps.py "
-        "read_body) but ADMIN_ERRORS in serving/schemas.py leaves 413 out"
-    ),
-)
 async def test_body_limit_status_is_documented(settings: Settings) -> None:
     big = b'{"salt": "' + b"x" * (64 * 1024) + b'"}'
     async with serve(limited(settings)) as served:
@@ -149,14 +131,6 @@ async def test_body_limit_status_is_documented(settings: Settings) -> None:
 
 # -- the known bugs, deterministically -------------------------------------------------------------
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        'POST /rank accepts `"context": null` (200) but RankRequest.context in '
-        "serving/schemas.py is a non-nullable object (serving/validation.py parse_request maps "
-        "null to {}): make the schema `dict[...] | None`, or refuse null with 422"
-    ),
-)
 async def test_context_null_is_refused_or_documented(
     settings: Settings, body: dict[str, Any]
 ) -> None:
@@ -168,13 +142,6 @@ async def test_context_null_is_refused_or_documented(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GET /metrics answers text/plain (Prometheus text 0.0.4) but serving/ops.py documents "
-        "it as application/json (the route has no response_class or responses entry)"
-    ),
-)
 async def test_metrics_media_type_is_documented(settings: Settings) -> None:
     async with serve(settings) as served:
         response = await served.client.get("/metrics")
@@ -184,15 +151,6 @@ async def test_metrics_media_type_is_documented(settings: Settings) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "PUT /experiments with `layers`, or a layer's `variants`, not a list answers 500: "
-        "serving/experiments.py model_fields iterates `doc.get('layers') or []` and "
-        "`layer.get('variants') or []` unchecked (TypeError) before ExperimentConfig.from_dict "
-        "validates them"
-    ),
-)
 @pytest.mark.parametrize(
     "layers", [True, 7, 1.5, [{"name": "a", "buckets": 10, "variants": 3}]], ids=str
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,7 +172,7 @@ class ExperimentConfig:
         _only(doc, {"version", "salt", "default", "layers"}, "config")
         version = doc.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ExperimentError(f"version: must be an integer >= 1, got {version!r}")
+            raise ExperimentError(f"version: must be an integer >= 1, got {reprlib.repr(version)}")
         salt = doc.get("salt")
         if not isinstance(salt, str) or not salt:
             raise ExperimentError("salt: must be a non-empty string")
@@ -225,7 +226,9 @@ def _layer(doc: Any, index: int) -> Layer:
     _only(doc, {"name", "buckets", "variants"}, where)
     buckets = doc.get("buckets", 1000)
     if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        raise ExperimentError(f"{where}.buckets: must be an integer >= 1, got {buckets!r}")
+        raise ExperimentError(
+            f"{where}.buckets: must be an integer >= 1, got {reprlib.repr(buckets)}"
+        )
     variants_doc = doc.get("variants")
     if not isinstance(variants_doc, list) or not variants_doc:
         raise ExperimentError(f"{where}.variants: must be a non-empty list")
@@ -247,7 +250,7 @@ def _layer(doc: Any, index: int) -> Layer:
             or not 0 <= span[0] < span[1] <= buckets
         ):
             raise ExperimentError(
-                f"{vwhere}.buckets: must be [start, end) with 0 <= start < end <= {buckets}, got {span!r}"
+                f"{vwhere}.buckets: must be [start, end) with 0 <= start < end <= {buckets}, got {reprlib.repr(span)}"
             )
         if "model" not in entry and "score" not in entry:
             raise ExperimentError(f"{vwhere}: a variant must set a model, a score or both")

@@ -11,6 +11,7 @@ tuned is what is served. Two formulas:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,7 +51,9 @@ class ScoreFormula:
 
     def __post_init__(self) -> None:
         if self.kind not in FORMULAS:
-            raise ScoreError(f"formula: must be one of {list(FORMULAS)}, got {self.kind!r}")
+            raise ScoreError(
+                f"formula: must be one of {list(FORMULAS)}, got {reprlib.repr(self.kind)}"
+            )
         if not self.weights:
             raise ScoreError("weights: at least one task needs a weight")
         for task, weight in self.weights.items():
@@ -59,13 +62,15 @@ class ScoreFormula:
                 or not isinstance(weight, int | float)
                 or not math.isfinite(weight)
             ):
-                raise ScoreError(f"weights.{task}: must be a finite number, got {weight!r}")
+                raise ScoreError(
+                    f"weights.{task}: must be a finite number, got {reprlib.repr(weight)}"
+                )
             if weight < 0 and not self.allow_negative:
                 raise ScoreError(f"weights.{task}: must be >= 0 (set allow_negative), got {weight}")
         for task, transform in self.transforms.items():
             if transform not in TRANSFORMS:
                 raise ScoreError(
-                    f"transforms.{task}: must be one of {list(TRANSFORMS)}, got {transform!r}"
+                    f"transforms.{task}: must be one of {list(TRANSFORMS)}, got {reprlib.repr(transform)}"
                 )
         for task, bias in self.biases.items():
             if (
@@ -73,7 +78,9 @@ class ScoreFormula:
                 or not isinstance(bias, int | float)
                 or not (math.isfinite(bias) and bias > 0)
             ):
-                raise ScoreError(f"biases.{task}: must be a finite number > 0, got {bias!r}")
+                raise ScoreError(
+                    f"biases.{task}: must be a finite number > 0, got {reprlib.repr(bias)}"
+                )
         if self.kind == "weighted_product" and self.transforms:
             raise ScoreError("transforms: only the weighted_sum formula takes transforms")
         if self.kind == "weighted_sum" and self.biases:
@@ -130,7 +137,7 @@ class ScoreFormula:
 
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ScoreError(f"allow_negative: must be true or false, got {value!r}")
+        raise ScoreError(f"allow_negative: must be true or false, got {reprlib.repr(value)}")
     return value
 
 

@@ -3,11 +3,66 @@ one registry holding its export. Read-only by convention: a test that changes fi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from training.simulate import SimulatorConfig, simulate
+
+_BLOCK_TORCH = """
+import importlib.abc, sys
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+_NO_TORCH_LOADED = """
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+print("ok")
+"""
+
+
+def assert_runs_without_torch(code: str) -> None:
+    """Run `code` in a fresh interpreter where importing torch fails; it must pass and leave no
+    torch module loaded (the serving image carries no torch)."""
+    script = _BLOCK_TORCH + code + _NO_TORCH_LOADED
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A fresh key prefix on the real Redis at 127.0.0.1:6379 (which must answer: fail, never
+    skip); every key under it is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); these tests need it")
+    prefix = f"ranker-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
 
 TINY = SimulatorConfig(users=200, items=600, authors=60, days=4, requests_per_day=80, oracle=True)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from ranker.registry import (
     verify,
 )
 from ranker.schema import load_default_spec
+from tests.conftest import assert_runs_without_torch
 
 MODEL = b"\x08\x09fake onnx bytes"
 
@@ -217,16 +216,8 @@ def test_manifest_rejects_unknown_format_and_keys() -> None:
         Manifest.from_dict({**doc, "format": 99}, "x.json")
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys, tempfile
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+PUBLISH_AND_VERIFY = """
+import tempfile
 from ranker import registry
 root = tempfile.mkdtemp()
 manifest = registry.publish(
@@ -234,14 +225,8 @@ manifest = registry.publish(
     data_window={}, metrics={}, parent=None, model_kind="mmoe", hparams={}, exporter={},
 )
 assert registry.verify(registry.model_path(root, "m", "v0001").parent) == manifest
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
-print("ok")
 """
 
 
 def test_registry_works_without_torch() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert_runs_without_torch(PUBLISH_AND_VERIFY)

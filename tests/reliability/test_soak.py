@@ -8,13 +8,9 @@ RANKER_SOAK_SECONDS (default 120) sets the duration, RANKER_SOAK_MAX_RSS_GROWTH_
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,7 @@ import pytest
 
 from serving.settings import Settings
 from tests.reliability.harness import Load, metric, record, rss_mb
-from tests.serving.conftest import AUTH, TOKEN, free_port, republish
+from tests.serving.conftest import AUTH, republish, server_process
 
 pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("RANKER_SOAK_SECONDS", "120"))
@@ -32,47 +28,12 @@ WORKERS = 4
 CHANGE_EVERY_S = 3.0
 
 
-@contextmanager
-def server(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m serving.server` configured through RANKER_* variables, until SIGTERM."""
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RANKER_")},
-        "RANKER_REGISTRY": str(settings.registry),
-        "RANKER_EXPERIMENTS_FILE": str(settings.experiments_file),
-        "RANKER_IMPRESSION_LOG": str(tmp_path / "impressions.jsonl"),
-        "RANKER_ADMIN_TOKEN": TOKEN,
-        "RANKER_PORT": str(port),
-        "RANKER_WARMUP_COUNTS": "1,20",
-        "RANKER_INTRA_OP_THREADS": "1",
-        "RANKER_POLL_INTERVAL_S": "0.5",
-        "RANKER_LOG_LEVEL": "warning",
-    }
-    output = tmp_path / "server.out"
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server"], env=env, stdout=sink, stderr=sink
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready:\n{output.read_text()}")
-            time.sleep(0.1)
-        yield base, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def server(settings: Settings, tmp_path: Path) -> Any:
+    """The service in its own process, its impression log in `tmp_path`, polling every 0.5 s."""
+    settings = replace(settings, impression_log=tmp_path / "impressions.jsonl")
+    return server_process(
+        settings, tmp_path, RANKER_WARMUP_COUNTS="1,20", RANKER_POLL_INTERVAL_S="0.5"
+    )
 
 
 def load_worker(

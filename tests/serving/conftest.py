@@ -6,13 +6,15 @@ Tests that need Redis fail (never skip) when it does not answer.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,8 @@ from serving.app import create_app
 from serving.experiments import DEFAULT_FILE
 from serving.service import Service
 from serving.settings import Settings
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 USER_FEATURES = (
@@ -191,24 +193,6 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
 
 # -- Redis ---------------------------------------------------------------------------------------
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A unique key prefix on the shared Redis at 127.0.0.1:6379, removed afterwards."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); these tests need it")
-    prefix = f"ranker-test-{uuid.uuid4().hex[:12]}"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
-@pytest.fixture
 def redis_settings(settings: Settings, redis_prefix: str) -> Settings:
     return replace(settings, redis_url=REDIS_URL, redis_prefix=redis_prefix)
 
@@ -264,3 +248,48 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def server_process(
+    settings: Settings, tmp_path: Path, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m serving.server` configured through RANKER_* variables (the settings' registry,
+    experiments file and impression log, plus `env`), ready on 127.0.0.1 until SIGTERM on exit."""
+    port = free_port()
+    variables = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RANKER_")},
+        "RANKER_REGISTRY": str(settings.registry),
+        "RANKER_EXPERIMENTS_FILE": str(settings.experiments_file),
+        "RANKER_IMPRESSION_LOG": str(settings.impression_log),
+        "RANKER_ADMIN_TOKEN": TOKEN,
+        "RANKER_PORT": str(port),
+        "RANKER_INTRA_OP_THREADS": "1",
+        "RANKER_LOG_LEVEL": "warning",
+        **env,
+    }
+    output = tmp_path / "server.out"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.server"], env=variables, stdout=sink, stderr=sink
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not become ready:\n{output.read_text()}")
+            time.sleep(0.1)
+        yield base, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import yaml
 from ranker.experiments import ModelRef
 from ranker.registry import list_versions, load_manifest
 from serving.experiments import FileStore, RedisStore
+from tests.conftest import REDIS_URL
 from training.cli import main
 from training.config import ConfigError
 from training.data import EncodedData
@@ -42,7 +41,7 @@ from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/0"
+
 SIM = SimulatorConfig(users=200, items=600, authors=60, days=5, requests_per_day=80, oracle=True)
 TINY_TRAIN: dict[str, Any] = {
     "model": {
@@ -67,23 +66,6 @@ def log5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("retrain_log")
     simulate(SIM, out)
     return out
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); these tests need it")
-    prefix = f"ranker-test-{uuid.uuid4().hex[:12]}"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 def write_config(root: Path, log: Path, redis_prefix: str | None = None) -> Path:

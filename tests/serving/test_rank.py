@@ -14,6 +14,7 @@ from ranker.experiments import ExperimentConfig
 from ranker.features import FeatureEncoder
 from ranker.registry import load_manifest
 from ranker.scoring import rank_order, score
+from serving.ranking import render_items
 from serving.settings import Settings
 from tests.serving.conftest import Built, body_of, requests_of, serve, wait_for
 from training.trainer import BEST, load_best
@@ -158,3 +159,44 @@ async def test_impressions_written_to_jsonl(settings: Settings, body: dict[str, 
     assert last["layers"] == ranked["experiment"]["layers"]
     assert last["variant"] == ranked["experiment"]["label"]
     assert isinstance(last["ts"], int) and last["ts"] > 1_600_000_000_000
+
+
+@pytest.mark.parametrize(
+    "item_ids",
+    [
+        [5, 3, 2**62, -1],
+        ["a,b", 'quote"d', "naïve ✓", "plain"],
+        [7, "7,x", 2**64 - 1, "z"],
+        [42],
+    ],
+)
+def test_spliced_items_are_the_json_of_the_dict_form(item_ids: list[Any]) -> None:
+    rng = np.random.default_rng(len(item_ids))
+    tasks = ("click", "watch_time", "completion")
+    scores = rng.random(len(item_ids)) * 1e3
+    predictions = {t: rng.random(len(item_ids)).astype(np.float32) for t in tasks}
+    predictions["watch_time"][0] = np.nan  # orjson's null, in both forms
+    got = orjson.loads(b"[" + render_items(item_ids, scores, predictions, tasks) + b"]")
+    want = [
+        {
+            "item_id": item_id,
+            "score": float(scores[i]),
+            "predictions": {t: float(predictions[t][i]) for t in tasks},
+        }
+        for i, item_id in enumerate(item_ids)
+    ]
+    want = orjson.loads(orjson.dumps(want))
+    assert [list(item) for item in got] == [["item_id", "score", "predictions"]] * len(want)
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine["item_id"] == theirs["item_id"] and mine["score"] == theirs["score"]
+        assert list(mine["predictions"]) == list(tasks)
+        for t in tasks:  # float32 printed in its shortest form: equal as float32
+            if theirs["predictions"][t] is None:
+                assert mine["predictions"][t] is None
+            else:
+                assert np.float32(mine["predictions"][t]) == np.float32(theirs["predictions"][t])
+
+
+def test_spliced_items_of_an_empty_ranking() -> None:
+    empty = np.zeros(0)
+    assert render_items([], empty, {"click": empty.astype(np.float32)}, ("click",)) == b""

@@ -34,10 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await asyncio.to_thread(open_service, settings)
         app.state.service = service
-        if settings.freeze_gc:
-            # Models and sessions are loaded: move the start-up heap out of the collector's way.
-            gc.collect()
-            gc.freeze()
+        tune_gc(settings)
         try:
             yield
         finally:
@@ -55,6 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def tune_gc(settings: Settings) -> None:
+    """Once models and sessions are loaded: move the start-up heap out of the collector's way
+    and raise the young-generation threshold (see `Settings.gc_threshold`)."""
+    if settings.freeze_gc:
+        gc.collect()
+        gc.freeze()
+    if settings.gc_threshold:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(settings.gc_threshold, older, oldest)
 
 
 def install_error_handlers(app: FastAPI) -> None:

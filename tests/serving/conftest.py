@@ -150,7 +150,8 @@ def settings(registry: Path, tmp_path: Path) -> Settings:
         poll_interval_s=0.2,
         redis_timeout_s=0.5,
         intra_op_threads=1,
-        freeze_gc=False,
+        freeze_gc=False,  # the test process's heap is not a server's
+        gc_threshold=0,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from serving.app import tune_gc
 from serving.settings import CPU, CUDA, Settings, SettingsError
 
 
@@ -27,6 +30,7 @@ def test_from_env_reads_and_converts() -> None:
         "RANKER_MAX_CANDIDATES": "500",
         "RANKER_POLL_INTERVAL_S": "0.5",
         "RANKER_FREEZE_GC": "false",
+        "RANKER_GC_THRESHOLD": "20000",
         "RANKER_IMPRESSION_LOG": "none",
         "RANKER_PORT": "9000",
         "UNRELATED": "x",
@@ -38,6 +42,7 @@ def test_from_env_reads_and_converts() -> None:
     assert settings.providers == (CPU,)
     assert settings.max_candidates == 500 and settings.poll_interval_s == 0.5
     assert settings.freeze_gc is False and settings.impression_log is None
+    assert settings.gc_threshold == 20_000
     assert settings.port == 9000
     assert Settings.from_env(env, port=1).port == 1
     assert settings.experiments_key == "ranker:experiments"
@@ -69,6 +74,7 @@ def test_unreadable_values_name_the_variable(env: dict[str, str], variable: str)
         (Settings(poll_interval_s=0), "RANKER_POLL_INTERVAL_S"),
         (Settings(intra_op_threads=-1), "RANKER_INTRA_OP_THREADS"),
         (Settings(providers=()), "RANKER_PROVIDERS"),
+        (Settings(gc_threshold=-1), "RANKER_GC_THRESHOLD"),
     ],
 )
 def test_unsafe_settings_are_refused(settings: Settings, variable: str) -> None:
@@ -81,3 +87,28 @@ def test_public_bind_without_token_warns() -> None:
     assert any("admin endpoints are disabled" in w for w in warnings)
     assert Settings(host="0.0.0.0", admin_token="x" * 20).check() == []
     assert Settings(host="::1").check() == []
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_tune_gc_freezes_and_raises_only_the_young_threshold() -> None:
+    gc.set_threshold(700, 10, 10)
+    tune_gc(Settings(freeze_gc=True, gc_threshold=30_000))
+    assert gc.get_threshold() == (30_000, 10, 10)
+    assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_tune_gc_zero_keeps_pythons_threshold() -> None:
+    gc.set_threshold(700, 10, 10)
+    frozen = gc.get_freeze_count()
+    tune_gc(Settings(freeze_gc=False, gc_threshold=0))
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == frozen

@@ -65,7 +65,8 @@ def service(tiny_model: Path, tmp_path: Path) -> Iterator[Running]:
         impression_log=tmp_path / "impressions.jsonl",
         warmup_counts=(1, 10),
         intra_op_threads=1,
-        freeze_gc=False,
+        freeze_gc=False,  # the test process's heap is not a server's
+        gc_threshold=0,
     )
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, ws="none",

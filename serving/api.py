@@ -43,7 +43,7 @@ async def rank_endpoint(request: Request) -> Response:
         state = service.manager.state  # read once: a swap cannot change it under this request
         if state is None:
             raise ApiError(503, None, f"not ready: {service.manager.not_ready_reason}")
-        parsed = parse_request(body, settings.max_candidates)
+        parsed = parse_request(body, settings.max_candidates, state.decoder)
         result = rank(state, parsed)
         variant = result.assignment.label
         content = render(result)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import itertools
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
 
+from serving.decoding import RequestDecoder
 from serving.errors import ApiError, bad_request
 from serving.models import FieldKinds
 
@@ -56,21 +60,59 @@ class RankRequest:
     user_id: str | int
     user: dict[str, Any]
     context: dict[str, Any]
-    candidates: list[dict[str, Any]]
+    # Dicts from the general path, or structs the typed decoder already checked: `typed`.
+    candidates: list[Any]
     item_ids: list[Any]
     top_k: int | None
+    # The item kinds the typed decoder checked the candidates against; None: general path.
+    typed_for: Mapping[str, str] | None = None
 
 
 def _type_name(value: Any) -> str:
     return _JSON_TYPE.get(type(value), type(value).__name__)
 
 
-def parse_request(body: bytes, max_candidates: int) -> RankRequest:
-    """The request's structure: JSON object, required fields, ids, candidate count, top_k."""
-    doc = loads_object(body)
-    if not doc.keys() <= REQUEST_KEYS:
-        extra = sorted(doc.keys() - REQUEST_KEYS)[0]
-        raise bad_request(extra, f"unknown field; valid: {sorted(REQUEST_KEYS)}")
+def parse_request(
+    body: bytes, max_candidates: int, decoder: RequestDecoder | None = None
+) -> RankRequest:
+    """The request's structure: JSON object, required fields, ids, candidate count, top_k.
+
+    With a decoder, a body in its layout takes the typed fast path (serving/decoding.py); any
+    other body, and any error, goes through the general path below.
+    """
+    decoded = decoder.decode(body) if decoder is not None else None
+    if decoded is not None:
+        doc: dict[str, Any] = {"request_id": decoded.request_id, "user": decoded.user}
+        if decoded.context is not None:
+            doc["context"] = decoded.context
+        if decoded.top_k is not None:
+            doc["top_k"] = decoded.top_k
+        request = _checked_fields(doc, decoded.candidates, max_candidates)
+        request.typed_for = decoder.item_kinds  # type: ignore[union-attr]
+        request.item_ids = list(map(attrgetter("item_id"), request.candidates))
+    else:
+        doc = loads_object(body)
+        if not doc.keys() <= REQUEST_KEYS:
+            extra = sorted(doc.keys() - REQUEST_KEYS)[0]
+            raise bad_request(extra, f"unknown field; valid: {sorted(REQUEST_KEYS)}")
+        request = _checked_fields(doc, doc.get("candidates"), max_candidates)
+        candidates = request.candidates
+        if set(map(type, candidates)) != {dict}:
+            i = next(i for i, c in enumerate(candidates) if type(c) is not dict)
+            raise bad_request(
+                f"candidates[{i}]", f"expected an object, got {_type_name(candidates[i])}"
+            )
+        request.item_ids = list(map(dict.get, candidates, itertools.repeat("item_id")))
+    _check_item_ids(request.item_ids)
+    top_k = doc.get("top_k")
+    if top_k is not None and (type(top_k) is not int or top_k < 1):
+        raise bad_request("top_k", "must be an integer >= 1")
+    request.top_k = top_k
+    return request
+
+
+def _checked_fields(doc: dict[str, Any], candidates: Any, max_candidates: int) -> RankRequest:
+    """Checks shared by both paths, in the order errors are reported; item ids come later."""
     request_id = _required(doc, "request_id", "request_id")
     if type(request_id) is not str or not 0 < len(request_id) <= MAX_REQUEST_ID:
         raise bad_request("request_id", f"must be a string of 1..{MAX_REQUEST_ID} characters")
@@ -85,7 +127,8 @@ def parse_request(body: bytes, max_candidates: int) -> RankRequest:
         context = {}
     elif type(context) is not dict:
         raise bad_request("context", f"expected an object, got {_type_name(context)}")
-    candidates = _required(doc, "candidates", "candidates")
+    if candidates is None:
+        raise bad_request("candidates", "required")
     if type(candidates) is not list:
         raise bad_request("candidates", f"expected an array, got {_type_name(candidates)}")
     if not candidates:
@@ -94,17 +137,7 @@ def parse_request(body: bytes, max_candidates: int) -> RankRequest:
         raise bad_request(
             "candidates", f"{len(candidates)} candidates; at most {max_candidates} per request"
         )
-    if set(map(type, candidates)) != {dict}:
-        i = next(i for i, c in enumerate(candidates) if type(c) is not dict)
-        raise bad_request(
-            f"candidates[{i}]", f"expected an object, got {_type_name(candidates[i])}"
-        )
-    item_ids = list(map(dict.get, candidates, itertools.repeat("item_id")))
-    _check_item_ids(item_ids)
-    top_k = doc.get("top_k")
-    if top_k is not None and (type(top_k) is not int or top_k < 1):
-        raise bad_request("top_k", "must be an integer >= 1")
-    return RankRequest(request_id, user_id, user, context, candidates, item_ids, top_k)
+    return RankRequest(request_id, user_id, user, context, candidates, [], None)
 
 
 def _required(doc: dict[str, Any], key: str, where: str) -> Any:
@@ -181,6 +214,10 @@ def user_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, Any]:
 
 def item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, Any]:
     """Item-group columns, one value per candidate, as arrays where the type allows it."""
+    if request.typed_for is not None:
+        if request.typed_for == kinds.item:
+            return _typed_item_columns(request, kinds)
+        _untype(request)  # decoded for other item features: check these the general way
     candidates = request.candidates
     present = set().union(*candidates)
     present.discard("item_id")
@@ -201,6 +238,43 @@ def item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, Any]:
             continue  # every candidate takes the default
         columns[name] = _check_column(column, name, kind)
     return columns
+
+
+def _typed_item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, Any]:
+    """Columns of candidates the typed decoder checked: no type checks left, only conversions."""
+    candidates = request.candidates
+    columns: dict[str, Any] = {"item_id": _int64_or_list(request.item_ids)}
+    for name, kind in kinds.item.items():
+        if name == "item_id":
+            continue
+        column = list(map(attrgetter(name), candidates))
+        if column.count(None) == len(column):
+            continue  # every candidate takes the default
+        if kind == "dense":
+            columns[name] = np.array(column, dtype=np.float64)  # null -> NaN -> the default
+        elif kind == "categorical":
+            columns[name] = _int64_or_list(column)
+        else:  # lists of int64 integers or null
+            columns[name] = pa.array(column, type=pa.list_(pa.int64()))
+    return columns
+
+
+def _int64_or_list(column: list[Any]) -> Any:
+    """An int64 array when every value is an integer that fits, else the list (for the encoder)."""
+    if set(map(type, column)) == {int}:
+        try:
+            return np.array(column, dtype=np.int64)
+        except OverflowError:
+            return column
+    return column
+
+
+def _untype(request: RankRequest) -> None:
+    request.candidates = [
+        {k: v for k, v in msgspec.structs.asdict(c).items() if v is not None}
+        for c in request.candidates
+    ]
+    request.typed_for = None
 
 
 def _first_bad(column: list[Any], name: str, kind: str, allowed: frozenset[type]) -> ApiError:
@@ -231,12 +305,7 @@ def _check_column(column: list[Any], name: str, kind: str) -> Any:
             return column  # the encoder puts the default in for null
         return np.array(column, dtype=np.float64)  # orjson never yields NaN or inf
     if kind == "categorical":
-        if types == {int}:
-            try:
-                return np.array(column, dtype=np.int64)  # hashed vectorised
-            except OverflowError:
-                return column
-        return column
+        return _int64_or_list(column)  # an int64 array is hashed vectorised
     flat_types = set(map(type, itertools.chain.from_iterable(filter(None, column))))
     if not flat_types <= _SCALAR:
         raise _first_bad(column, name, kind, allowed)

@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--latencies", action="store_true", help="also print every latency (ms), for pooling"
+    )
     args = parser.parse_args()
     with open(args.body, "rb") as handle:
         body = handle.read()
@@ -136,18 +139,17 @@ def main() -> None:
             args.url, body, args.rate, args.seconds, max(args.concurrency, 8)
         )
     ms = np.asarray(latencies) * 1e3
-    print(
-        json.dumps(
-            {
-                "count": len(latencies),
-                "errors": errors,
-                "p50": float(np.percentile(ms, 50)),
-                "p95": float(np.percentile(ms, 95)),
-                "p99": float(np.percentile(ms, 99)),
-                "throughput": len(latencies) / wall,
-            }
-        )
-    )
+    report = {
+        "count": len(latencies),
+        "errors": errors,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "throughput": len(latencies) / wall,
+    }
+    if args.latencies:
+        report["latencies_ms"] = ms.round(4).tolist()
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -14,6 +16,7 @@ from ranker.features import (
     hash_categorical,
     hash_value,
     mix64,
+    mix64_int,
 )
 from ranker.schema import Feature, SpecError, load_default_spec, spec_of
 
@@ -166,3 +169,33 @@ def test_dense_range_shortcut_equals_hashing_every_row(low: int) -> None:
     spec = spec_of([Feature(name="f", side="item", kind="categorical", buckets=997)])
     encoded = FeatureEncoder(spec).encode_group("item", {"f": ints}, len(ints))["item_cat"][:, 0]
     np.testing.assert_array_equal(encoded, direct)
+
+
+def test_scalar_mix_equals_the_vectorised_one() -> None:
+    rng = np.random.default_rng(3)
+    ints = np.concatenate(
+        [rng.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64), [0, -1, 2**63 - 1, -(2**63)]]
+    ).astype(np.int64)
+    assert [mix64_int(int(v)) for v in ints] == mix64(ints).tolist()
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        np.array([7, -3, 2**63 - 1], dtype=np.int64),
+        np.array([7.0, 2.5, np.nan]),
+        np.array(["ios", "7", ""], dtype=object),
+        pa.array([5, None, 9], type=pa.int64()),
+        pa.array(["a", None, "7"]),
+        [True, None, 1.5],
+    ],
+    ids=["int64", "float", "object", "arrow int", "arrow text", "list"],
+)
+def test_one_row_categorical_equals_the_column_path(column: Any) -> None:
+    spec = spec_of([Feature(name="f", side="user", kind="categorical", buckets=1009)])
+    encoder = FeatureEncoder(spec)
+    batch = encoder.encode_group("user", {"f": column}, 3)["user_cat"]
+    for i in range(3):
+        alone = encoder.encode_group("user", {"f": column[i : i + 1]}, 1)["user_cat"]
+        assert alone.dtype == np.int64 and alone.shape == (1, 1)
+        assert alone[0, 0] == batch[i, 0], i

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from ranker.features import Ragged
 from serving.decoding import RequestDecoder
 from serving.errors import ApiError, bad_request
 from serving.models import FieldKinds
@@ -255,7 +256,7 @@ def _typed_item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, An
         elif kind == "categorical":
             columns[name] = _int64_or_list(column)
         else:  # lists of int64 integers or null
-            columns[name] = pa.array(column, type=pa.list_(pa.int64()))
+            columns[name] = Ragged.of_int_lists(column)
     return columns
 
 

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from ranker.features import (
     FeatureEncoder,
+    Ragged,
     fit_dense_stats,
     hash_categorical,
+    hash_multi_categorical,
     hash_value,
     mix64,
     mix64_int,
@@ -199,3 +201,16 @@ def test_one_row_categorical_equals_the_column_path(column: Any) -> None:
         alone = encoder.encode_group("user", {"f": column[i : i + 1]}, 1)["user_cat"]
         assert alone.dtype == np.int64 and alone.shape == (1, 1)
         assert alone[0, 0] == batch[i, 0], i
+
+
+def test_ragged_columns_encode_like_lists() -> None:
+    rows = [[3, 9, 3], None, [], [2**40, -5, 7, 8, 9, 10, 11, 12, 13], [1]]
+    spec = load_default_spec()
+    feature = spec["tags"]
+    ragged = Ragged.of_int_lists(rows)
+    assert len(ragged) == 5 and ragged.lengths.tolist() == [3, 0, 0, 9, 1]
+    expected = hash_multi_categorical(rows, feature)
+    np.testing.assert_array_equal(hash_multi_categorical(ragged, feature), expected)
+    arrow = pa.array(rows, type=pa.list_(pa.int64()))
+    np.testing.assert_array_equal(hash_multi_categorical(arrow, feature), expected)
+    np.testing.assert_array_equal(hash_multi_categorical(arrow.slice(1), feature), expected[1:])

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ranker.features import Ragged
 from serving.decoding import RequestDecoder
 from serving.errors import ApiError
 from serving.models import FieldKinds
@@ -129,7 +129,7 @@ def test_the_common_layout_takes_the_fast_path() -> None:
     columns = item_columns(request, KINDS)
     assert columns["item_id"].dtype == np.int64
     assert columns["duration"].dtype == np.float64
-    assert isinstance(columns["tags"], pa.ListArray)
+    assert isinstance(columns["tags"], Ragged)
     assert_same(outcome(body_of(doc), DECODER), outcome(body_of(doc), None))
 
 

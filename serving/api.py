@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from serving.deps import read_body, require_json
 from serving.errors import ApiError, error_response
-from serving.impressions import now_ms
+from serving.impressions import ImpressionLog, now_ms
 from serving.ranking import RankResult, experiment_doc, rank, render
 from serving.schemas import ERRORS, RankResponse
 from serving.service import Service
@@ -53,9 +54,14 @@ async def rank_endpoint(request: Request) -> Response:
     metrics = service.metrics
     metrics.onnx.observe(result.onnx_seconds, (str(result.model.ref),))
     metrics.candidates.observe(len(parsed.candidates))
-    service.impressions.submit(impression(result))
     metrics.observe(variant, 200, time.perf_counter() - started)
-    return Response(content, media_type="application/json")
+    # Queued once the response is sent: waking the writer thread is not the client's wait.
+    log_it = BackgroundTask(submit_impression, service.impressions, impression(result))
+    return Response(content, media_type="application/json", background=log_it)
+
+
+async def submit_impression(log: ImpressionLog, record: dict[str, Any]) -> None:
+    log.submit(record)  # async so that Starlette runs it inline, not on its thread pool
 
 
 def impression(result: RankResult) -> dict[str, Any]:

@@ -248,9 +248,7 @@ def _typed_item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, An
     for name, kind in kinds.item.items():
         if name == "item_id":
             continue
-        column = list(map(attrgetter(name), candidates))
-        if column.count(None) == len(column):
-            continue  # every candidate takes the default
+        column = list(map(attrgetter(name), candidates))  # null: the encoder's default
         if kind == "dense":
             columns[name] = np.array(column, dtype=np.float64)  # null -> NaN -> the default
         elif kind == "categorical":

@@ -349,7 +349,9 @@ async def test_disk_full_impression_log(
             load_cap = rank_load(served.client, body, max_requests=50_000, max_seconds=90)
             async with load_cap as load:
                 await grows(load, 20)
-                await wait_for(lambda: impressions.written >= 20 and not impressions.depth())
+                # Any snapshot of the append-only file is a prefix of it while writes succeed
+                # (the disk is far from full here): no need to catch the queue empty under load.
+                await wait_for(lambda: impressions.written >= 20)
                 before = log.read_bytes()
                 await asyncio.to_thread(fill, filler)
                 await wait_for(lambda: impressions.failed > 0, timeout=30)

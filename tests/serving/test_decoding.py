@@ -18,7 +18,7 @@ from serving.errors import ApiError
 from serving.models import FieldKinds
 from serving.state import typed_decoder
 from serving.validation import item_columns, parse_request, user_columns
-from tests.serving.test_validation_fuzz import BASE, ENCODER, FIELDS, KINDS, json_values
+from tests.serving.test_validation_fuzz import BASE, ENCODER, FIELDS, KINDS, edited, json_values
 
 DECODER = RequestDecoder(KINDS.item)
 MORE_FIELDS = [
@@ -72,16 +72,7 @@ def body_of(doc: dict[str, Any]) -> bytes:
     )
 )
 def test_fast_and_general_paths_agree(edits: list[tuple[tuple[Any, ...], Any]]) -> None:
-    doc = copy.deepcopy(BASE)
-    for path, value in edits:
-        target: Any = doc
-        try:
-            for key in path[:-1]:
-                target = target[key]
-            target[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
-    body = body_of(doc)
+    body = body_of(edited(BASE, edits))
     assert_same(outcome(body, DECODER), outcome(body, None))
 
 
@@ -145,12 +136,7 @@ def test_the_common_layout_takes_the_fast_path() -> None:
     ],
 )
 def test_other_layouts_take_the_general_path(path: tuple[Any, ...], value: Any) -> None:
-    doc = copy.deepcopy(BASE)
-    target: Any = doc
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    body = body_of(doc)
+    body = body_of(edited(BASE, [(path, value)]))
     assert DECODER.decode(body) is None
     assert_same(outcome(body, DECODER), outcome(body, None))
 
@@ -189,13 +175,7 @@ def test_candidates_decoded_for_other_features_are_checked_the_general_way() -> 
     ],
 )
 def test_deep_nesting_takes_the_general_path(name: str, nested: str) -> None:
-    marker = '"__deep__"'
-    doc = copy.deepcopy(BASE)
-    target: Any = doc
-    parts = name.replace("[0]", ".0").split(".")
-    for key in parts[:-1]:
-        target = target[int(key) if key.isdigit() else key]
-    target[parts[-1]] = "__deep__"
-    body = body_of(doc).replace(marker.encode(), nested.encode(), 1)
+    path = tuple(int(k) if k.isdigit() else k for k in name.replace("[0]", ".0").split("."))
+    body = body_of(edited(BASE, [(path, "__deep__")])).replace(b'"__deep__"', nested.encode(), 1)
     assert DECODER.decode(body) is None
     assert_same(outcome(body, DECODER), outcome(body, None))

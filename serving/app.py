@@ -47,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    # The hot path as a plain Starlette route ahead of the routers: FastAPI's included-router
-    # dispatch and dependency solving cost more than the handler, which needs neither. The
-    # APIRoute in api.router stays for the OpenAPI docs (and is never reached for POST /rank).
+    # The hot path as a plain Starlette route ahead of the routers: the handler reads its own
+    # body and needs neither FastAPI's included-router dispatch nor dependency solving (~0.13 ms
+    # a request under load, A/B). The APIRoute in api.router stays for the OpenAPI docs and is
+    # never reached for POST /rank.
     app.router.routes.insert(
         0, Route("/rank", api.rank_endpoint, methods=["POST"], include_in_schema=False)
     )

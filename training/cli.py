@@ -69,7 +69,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.distributed import close_world, init_world
+    from training.distributed import barrier, close_world, init_world
     from training.trainer import CHECKPOINT, Trainer, prepare_data
 
     config = load_config(args.config, args.overrides)
@@ -87,6 +87,9 @@ def _train(args: argparse.Namespace) -> int:
         if world.is_main:
             print(render_metrics(result))
             print(f"run directory: {run_dir}")
+        # Tear the group down together: a rank that destroys it and exits while rank 0 still
+        # writes its results can abort in gloo's teardown (seen as SIGABRT under load).
+        barrier(world)
     finally:
         close_world(world)
     return 0

@@ -11,15 +11,16 @@ $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[train]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# DEMO_ARGS=--quick runs the same chain on tiny sizes.
 demo: $(VENV)/.base
-	$(VENV)/bin/ranker demo
+	$(VENV)/bin/ranker demo $(DEMO_ARGS)
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow and not gpu"

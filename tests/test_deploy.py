@@ -1,34 +1,27 @@
 """Deployment files, checked without a Docker engine or a cluster.
 
 docker-compose.yml and the k8s manifests are parsed as YAML; the Dockerfiles with a small parser
-(instructions, line continuations, ARG defaults). The serving image's requirement list is checked
-against the imports of serving/ and of every ranker module it reaches, both ways, so the torch-free
-image cannot silently miss a dependency, or gain one, as the code changes.
+(instructions, line continuations, ARG defaults). The serving images install the package's `serve`
+(or `gpu`) extra, which tests/test_dependencies.py holds to what serving imports, torch-free.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.metadata as md
 import json
 import re
 import shlex
-import sys
-import tomllib
 from dataclasses import fields
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from serving.settings import Settings
+from tests.imports import ROOT, declared, module_file, pyproject, split_requirement
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = ROOT / "docker-compose.yml"
-REQUIREMENTS = DOCKER / "requirements-serving.txt"
 SERVING_SERVICE = "ranker-serving"
 # Packages the serving image must never carry (torch and what only training needs).
 TRAINING_ONLY = {"torch", "onnx", "onnxscript", "optuna", "matplotlib", "tqdm"}
@@ -37,34 +30,19 @@ _PIP_VALUE_OPTIONS |= {"--extra-index-url", "-f", "--find-links"}
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _requirement(line: str) -> tuple[str, str]:
+    """'onnxruntime-gpu>=1.18' -> ('onnxruntime-gpu', '>=1.18')."""
+    name, _, spec = split_requirement(line)
+    return name, spec
 
 
-def _split_requirement(line: str) -> tuple[str, str]:
-    """'uvicorn[standard]>=0.30' -> ('uvicorn', '>=0.30'); the name is normalised, extras dropped."""
-    match = re.fullmatch(
-        r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*?)\s*(;.*)?", line
-    )
-    assert match, f"cannot parse requirement {line!r}"
-    return _norm(match.group(1)), match.group(3).replace(" ", "")
-
-
-@cache
-def _pyproject() -> dict[str, Any]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-def _pyproject_bounds(extra: str | None = None) -> dict[str, str]:
-    project = _pyproject()["project"]
-    lines = project["optional-dependencies"][extra] if extra else project["dependencies"]
-    return dict(_split_requirement(line) for line in lines)
-
-
-@cache
-def _serving_requirements() -> dict[str, str]:
-    lines = [ln.split("#", 1)[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
-    return dict(_split_requirement(ln) for ln in lines if ln)
+def _project_extras(targets: list[str]) -> list[str]:
+    """The extras of the local-path targets of a `pip install`: "/tmp/src[serve]" -> ["serve"]."""
+    extras: list[str] = []
+    for target in targets:
+        if _is_local_path(target):
+            extras += re.findall(r"\[([^\]]*)\]", target)
+    return extras
 
 
 def _dockerfile(name: str) -> list[tuple[str, str]]:
@@ -194,76 +172,6 @@ def _env_names(instructions: list[tuple[str, str]]) -> set[str]:
     return names
 
 
-# ----------------------------------------------------------------------------- imports of serving
-def _module_file(module: str) -> Path | None:
-    base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Absolute names of every module imported anywhere in the file (also inside functions)."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            names.add(module)
-            # `from pkg import sub` may name a submodule.
-            names |= {f"{module}.{alias.name}" for alias in node.names if alias.name != "*"}
-    return names
-
-
-@cache
-def _serving_closure() -> tuple[frozenset[Path], frozenset[str]]:
-    """Local files serving/ reaches through imports, and the third-party top-level modules."""
-    queue = sorted((ROOT / "serving").rglob("*.py"))
-    seen: set[Path] = set()
-    third_party: set[str] = set()
-    while queue:
-        path = queue.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in _imports(path):
-            top = name.split(".")[0]
-            if top in ("ranker", "serving"):
-                parts = name.split(".")
-                # The module itself and the packages above it (their __init__ runs too).
-                for i in range(1, len(parts) + 1):
-                    found = _module_file(".".join(parts[:i]))
-                    if found is not None and found not in seen:
-                        queue.append(found)
-            elif top and top not in sys.stdlib_module_names and top != "__future__":
-                third_party.add(top)
-    return frozenset(seen), frozenset(third_party)
-
-
-_packages_distributions = cache(md.packages_distributions)
-
-
-def _distribution(module: str) -> str:
-    found = _packages_distributions().get(module)
-    assert found, f"serving imports {module!r}, which no installed distribution provides"
-    return _norm(found[0])
-
-
-def _direct_dependencies(dist: str) -> set[str]:
-    requires = md.requires(dist) or []
-    return {_split_requirement(r)[0] for r in requires if "extra ==" not in r}
-
-
 # ----------------------------------------------------------------------------------- compose file
 @cache
 def _compose() -> dict[str, Any]:
@@ -359,55 +267,25 @@ def test_compose_named_volumes_declared_and_used() -> None:
 
 
 # ------------------------------------------------------------------------------- serving image
-def test_serving_requirements_match_what_serving_imports() -> None:
-    files, modules = _serving_closure()
-    torch_side = sorted(
-        str(p.relative_to(ROOT))
-        for p in files
-        if p.relative_to(ROOT).parts[:2] in (("ranker", "models"), ("ranker", "balancing"))
-    )
-    assert not torch_side, f"serving reaches torch-side ranker modules: {torch_side}"
-    assert not modules & TRAINING_ONLY, f"serving imports {modules & TRAINING_ONLY}"
-    listed = _serving_requirements()
-    needed = {_distribution(m) for m in modules}
-    # Imported directly but installed as a dependency of a listed package (starlette via fastapi).
-    covered = set(listed)
-    for dist in listed:
-        covered |= _direct_dependencies(dist)
-    assert needed <= covered, f"requirements-serving.txt misses {sorted(needed - covered)}"
-    unused = set(listed) - needed
-    assert not unused, (
-        f"requirements-serving.txt lists {sorted(unused)}, which serving never imports"
-    )
-
-
-def test_serving_requirements_have_no_torch_and_follow_pyproject() -> None:
-    listed = _serving_requirements()
-    assert not set(listed) & TRAINING_ONLY
-    assert "onnxruntime-gpu" not in listed, (
-        "the CPU image takes onnxruntime; Dockerfile.gpu swaps it"
-    )
-    bounds = _pyproject_bounds()
-    for name, spec in listed.items():
-        assert name in bounds, f"{name}: not a dependency in pyproject.toml"
-        assert spec == bounds[name], f"{name}: {spec!r} here, {bounds[name]!r} in pyproject.toml"
-
-
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
-def test_serving_images_install_without_torch(dockerfile: str) -> None:
+@pytest.mark.parametrize(
+    ("dockerfile", "extra"), [("Dockerfile", "serve"), ("Dockerfile.gpu", "gpu")]
+)
+def test_serving_images_install_the_serving_extra_without_torch(
+    dockerfile: str, extra: str
+) -> None:
     steps = _dockerfile(dockerfile)
     installs = _pip_installs(steps)
-    project = [(opts, t) for opts, t in installs if any(_is_local_path(x) for x in t)]
+    project = [t for _, t in installs if any(_is_local_path(x) for x in t)]
     assert project, f"{dockerfile}: the package is never installed"
-    for options, _ in project:
-        assert "--no-deps" in options, (
-            f"{dockerfile}: `pip install .` without --no-deps pulls torch"
+    for targets in project:
+        assert _project_extras(targets) == [extra], (
+            f"{dockerfile}: installs {targets}; the image takes the `{extra}` extra, no other"
         )
     for _, targets in installs:
-        named = {_split_requirement(t)[0] for t in targets if not _is_local_path(t)}
+        named = {_requirement(t)[0] for t in targets if not _is_local_path(t) and "$" not in t}
         assert not named & TRAINING_ONLY, f"{dockerfile}: installs {named & TRAINING_ONLY}"
+    assert not set(declared(extra)) & TRAINING_ONLY
     sources = _copy_sources(steps)
-    assert "docker/requirements-serving.txt" in sources
     assert {"ranker/", "serving/", "pyproject.toml", "README.md"} <= set(sources)
     assert not any(s.rstrip("/") in ("training", "configs", ".") for s in sources)
 
@@ -441,7 +319,7 @@ def test_serving_images_expose_check_and_start_the_service(dockerfile: str) -> N
     (entrypoint,) = _args(steps, "ENTRYPOINT")
     command = _exec_form(entrypoint)
     assert command[:2] == ["python", "-m"], command
-    module = _module_file(command[2])
+    module = module_file(command[2])
     assert module is not None, f"{dockerfile}: `python -m {command[2]}` has no module"
     if module.name == "__init__.py":
         module = module.with_name("__main__.py")
@@ -456,19 +334,20 @@ def test_gpu_image_swaps_in_onnxruntime_gpu() -> None:
     steps = _dockerfile("Dockerfile.gpu")
     assert re.fullmatch(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu[\d.]+", _base_image(steps))
     ort_gpu = _arg_defaults(steps)["ORT_GPU"]
-    assert _split_requirement(ort_gpu) == (
-        "onnxruntime-gpu",
-        _pyproject_bounds("gpu")["onnxruntime-gpu"],
-    )
+    assert _requirement(ort_gpu) == ("onnxruntime-gpu", declared("gpu")["onnxruntime-gpu"])
+    installs = _pip_installs(steps)
+    ort_at = next(i for i, (_, t) in enumerate(installs) if "${ORT_GPU}" in t)
+    project_at = next(i for i, (_, t) in enumerate(installs) if any(map(_is_local_path, t)))
+    assert ort_at < project_at, "ORT_GPU first, so a CUDA 12 build passed in satisfies the extra"
+    assert "onnxruntime" not in declared("gpu"), "the CPU onnxruntime must be left out"
     runs = " ".join(_args(steps, "RUN"))
-    assert "grep -v" in runs and "^onnxruntime" in runs, "the CPU onnxruntime must be left out"
     assert "CUDAExecutionProvider" in runs, "the build checks the wheel has the CUDA provider"
     assert {"RANKER_PROVIDERS", "RANKER_REQUIRE_CUDA"} <= _env_names(steps)
 
 
 def test_package_data_reaches_the_installed_images() -> None:
     """`pip install .` (not editable) ships only the data files package-data names."""
-    data = _pyproject()["tool"]["setuptools"].get("package-data", {})
+    data = pyproject()["tool"]["setuptools"].get("package-data", {})
     for package in ("ranker", "serving"):
         for path in (ROOT / package).rglob("*"):
             if not path.is_file() or path.suffix in (".py", ".pyc"):
@@ -487,16 +366,17 @@ def test_train_image_pins_torch_from_a_swappable_index() -> None:
     steps = _dockerfile("Dockerfile.train")
     args = _arg_defaults(steps)
     assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/")
-    assert f"=={args['TORCH_VERSION']}" == _pyproject_bounds()["torch"]
+    assert f"=={args['TORCH_VERSION']}" == declared("train")["torch"]
     installs = _pip_installs(steps)
     torch_at = next(i for i, (_, t) in enumerate(installs) if "torch==${TORCH_VERSION}" in t)
     assert "--index-url" in installs[torch_at][0]
     project_at = next(i for i, (_, t) in enumerate(installs) if any(map(_is_local_path, t)))
     assert torch_at < project_at, "torch must be in place before `pip install .` resolves the pin"
+    assert _project_extras(installs[project_at][1]) == ["train"]
     assert "training/" in _copy_sources(steps)
     (entrypoint,) = _args(steps, "ENTRYPOINT")
     assert _exec_form(entrypoint) == ["ranker"]
-    assert "ranker" in _pyproject()["project"]["scripts"]
+    assert "ranker" in pyproject()["project"]["scripts"]
 
 
 # ------------------------------------------------------------------------------------- kubernetes

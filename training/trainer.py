@@ -2,7 +2,7 @@
 
 Run directory:
     checkpoint.pt  full state of the last finished epoch (model, aux heads, optimizer, balancer,
-                   RNG, history) for `--resume`
+                   history) for `--resume`; each epoch seeds its own dropout draws (`rank_seed`)
     best.pt        the inference model of the best epoch + config + fitted feature spec (export reads it)
     metrics.json   per-epoch validation metrics, final valid/test metrics with oracle gaps
     steps.csv      per-step task losses, balancer weights, relative rates (equity), gate usage
@@ -32,7 +32,7 @@ from ranker.schema import FeatureSpec, load_default_spec
 from ranker.tasks import build_tasks
 from training.config import ConfigError, TrainConfig
 from training.data import DaySplit, EncodedData, encode_log, read_log, split_days
-from training.distributed import World, all_reduce_sum, average_gradients, barrier
+from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 
 CHECKPOINT = "checkpoint.pt"
@@ -171,35 +171,42 @@ class Trainer:
         }
 
     def train_step(self, batch: EncodedData) -> dict[str, Any]:
-        """Forward, balance, one backward, average gradients over ranks, optimizer step."""
+        """Forward, balance, one backward, sum gradients over ranks, optimizer step.
+
+        Each rank scales its mean losses by its share of the batch (local rows / batch rows), so
+        the sums over ranks are the global batch's mean losses and gradients. A rank whose slice
+        is empty runs the forward on one row with share 0: it joins every collective with exact
+        zeros (never the NaN of an empty mean).
+        """
         world = self.world
         part = world.shard(batch.rows)
         local_rows = part.stop - part.start
+        share = local_rows / batch.rows
+        if local_rows == 0:
+            part = slice(0, 1)
         inputs = self._tensors(batch.inputs, part)
         labels = self._tensors({t: batch.labels[t] for t in self.task_names}, part)
         out = self.wrapper(inputs, labels)
-        # Scaled so that averaging over ranks gives the global batch's mean loss and gradients.
-        scale = local_rows * world.size / batch.rows
-        losses = out.losses * scale
+        losses = out.losses * share
         wants = self.balancer.wants_gramian(self.step)
         log_equity = self.equity_every > 0 and self.step % self.equity_every == 0
         gramian = self._gramian(losses, out.shared) if (wants or log_equity) else None
-        global_losses = all_reduce_sum(losses.detach(), world) / world.size
+        global_losses = all_reduce_sum(losses.detach(), world)
         weights = self.balancer.weights(global_losses, gramian if wants else None)
         total = (weights * losses).sum()
         regulariser = self.balancer.regulariser()
         if regulariser is not None:
-            total = total + regulariser
+            total = total + regulariser * share  # the shares sum to 1 over ranks
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        average_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)
+        sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)
         if self.config.optimizer.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(
                 self.wrapper.parameters(), self.config.optimizer.clip_norm
             )
         self.optimizer.step()
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
-        main = all_reduce_sum(out.main_losses.detach() * scale, world) / world.size
+        main = all_reduce_sum(out.main_losses.detach() * share, world)
         for i, task in enumerate(self.task_names):
             record[f"loss_{task}"] = float(main[i])
             record[f"w_{task}"] = float(weights[i].detach())
@@ -219,8 +226,8 @@ class Trainer:
         task_losses = list(losses.unbind())
         if self.config.balancer.gradients == "representation":
             local = gramian_on_representation(task_losses, shared)
-            # Rows are disjoint across ranks: the per-row products add up (scaled by W^2).
-            return all_reduce_sum(local, self.world) / self.world.size**2
+            # Rows are disjoint across ranks: the per-row products add up.
+            return all_reduce_sum(local, self.world)
         params = [p for p in self.model.shared_parameters() if p.requires_grad]
         grads = [
             torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
@@ -237,7 +244,7 @@ class Trainer:
                 for gs in grads
             ]
         )
-        flat = all_reduce_sum(flat, self.world) / self.world.size
+        flat = all_reduce_sum(flat, self.world)
         return (flat @ flat.T).double()
 
     # -- epochs -----------------------------------------------------------------------------
@@ -246,6 +253,10 @@ class Trainer:
         loop = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         steps_file = self.run_dir / "steps.csv"
+        if self.epoch == 0 and self.world.is_main:
+            # A fresh run (not resumed) starts its curves clean: appending to an earlier run's
+            # steps.csv in the same directory would stitch two runs into one plot.
+            steps_file.unlink(missing_ok=True)
         started = time.perf_counter()
         while self.epoch < loop.epochs:
             records = self._train_epoch()
@@ -265,6 +276,7 @@ class Trainer:
     def _train_epoch(self) -> list[dict[str, Any]]:
         loop = self.config.train
         self.wrapper.train()
+        torch.manual_seed(rank_seed(loop.seed, self.epoch, self.world.rank))
         batches = self.data.train.shuffled_batches(
             loop.batch_size, seed=loop.seed * 1000 + self.epoch
         )
@@ -273,9 +285,9 @@ class Trainer:
             total = min(total, loop.max_steps_per_epoch)
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from training.progress import progress_bar
 
-            bar = tqdm(
+            bar = progress_bar(
                 total=total, desc=f"epoch {self.epoch + 1}/{loop.epochs}", unit="step", leave=False
             )
         records = []
@@ -389,7 +401,6 @@ class Trainer:
                 "best_value": self.best_value,
                 "best_epoch": self.best_epoch,
                 "stale_epochs": self.stale_epochs,
-                "torch_rng": torch.get_rng_state(),
             },
             path,
         )
@@ -405,7 +416,6 @@ class Trainer:
         self.best_value = state["best_value"]
         self.best_epoch = int(state["best_epoch"])
         self.stale_epochs = int(state["stale_epochs"])
-        torch.set_rng_state(state["torch_rng"].cpu())
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

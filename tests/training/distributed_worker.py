@@ -1,0 +1,48 @@
+"""Run under `torchrun` by tests/training/test_distributed.py: one process group, one tiny
+training run per balancer, each into OUT/<method>. Not a test module itself.
+
+usage: torchrun --nproc_per_node=2 -m tests.training.distributed_worker LOG OUT BATCH M1 [M2 ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.conftest import tiny_overrides
+from training.config import load_config
+from training.distributed import barrier, close_world, init_world
+from training.trainer import Trainer, prepare_data
+
+
+def train_methods(log: Path, out: Path, batch_size: int, methods: list[str]) -> None:
+    world = init_world()
+    try:
+        for method in methods:
+            run_dir = out / method
+            config = load_config(None, ddp_overrides(log, run_dir, batch_size, method))
+            Trainer(config, prepare_data(config), run_dir, world=world, progress=False).fit()
+            # What this rank seeded its last epoch's dropout draws with.
+            (run_dir / f"seed_rank{world.rank}.txt").write_text(str(torch.initial_seed()))
+            barrier(world)
+    finally:
+        close_world(world)
+
+
+def ddp_overrides(log: Path, run_dir: Path, batch_size: int, method: str) -> list[str]:
+    """One whole epoch (no step cap, so the last partial batch runs), dropout off."""
+    return tiny_overrides(
+        log,
+        run_dir,
+        f"balancer.name={method}",
+        "train.epochs=1",
+        f"train.batch_size={batch_size}",
+        "train.max_steps_per_epoch=null",
+        "model.config.dropout=0.0",
+    )
+
+
+if __name__ == "__main__":
+    train_methods(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])

@@ -76,15 +76,15 @@ async def put_experiments(request: Request, service: ServiceDep) -> Response:
     try:
         state = await asyncio.to_thread(service.manager.update, config, expected)
     except ConfigRejected as exc:
-        service.metrics.reloads.inc(("config", "rejected"))
+        service.metrics.reloads.labels("config", "rejected").inc()
         raise ApiError(422, exc.field, exc.message) from None
     except StaleVersionError as exc:
-        service.metrics.reloads.inc(("config", "stale"))
+        service.metrics.reloads.labels("config", "stale").inc()
         raise ApiError(409, "if-match", str(exc)) from None
     except StoreError as exc:
-        service.metrics.reloads.inc(("config", "store_error"))
+        service.metrics.reloads.labels("config", "store_error").inc()
         raise ApiError(503, None, f"experiment store: {exc}") from None
-    service.metrics.reloads.inc(("config", "ok"))
+    service.metrics.reloads.labels("config", "ok").inc()
     return json_response(summary(state))
 
 
@@ -96,10 +96,10 @@ async def reload_models(service: ServiceDep) -> Response:
     try:
         state = await asyncio.to_thread(service.manager.reload)
     except ConfigRejected as exc:
-        service.metrics.reloads.inc(("models", "rejected"))
+        service.metrics.reloads.labels("models", "rejected").inc()
         raise ApiError(503, exc.field, f"kept the current state: {exc.message}") from None
     except (StoreError, ExperimentError) as exc:
-        service.metrics.reloads.inc(("models", "store_error"))
+        service.metrics.reloads.labels("models", "store_error").inc()
         raise ApiError(503, None, f"kept the current state: {exc}") from None
-    service.metrics.reloads.inc(("models", "ok"))
+    service.metrics.reloads.labels("models", "ok").inc()
     return json_response(summary(state))

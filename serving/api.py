@@ -51,10 +51,14 @@ async def rank_endpoint(request: Request) -> Response:
     except ApiError as error:
         service.metrics.observe(variant, error.status, time.perf_counter() - started)
         return error_response(error)
-    metrics = service.metrics
-    metrics.onnx.observe(result.onnx_seconds, (str(result.model.ref),))
-    metrics.candidates.observe(len(parsed.candidates))
-    metrics.observe(variant, 200, time.perf_counter() - started)
+    service.metrics.observe_ranked(
+        variant,
+        str(result.model.ref),
+        len(parsed.candidates),
+        result.onnx_seconds,
+        time.perf_counter() - started,
+        parsed.request_id,
+    )
     # Queued once the response is sent: waking the writer thread is not the client's wait.
     log_it = BackgroundTask(submit_impression, service.impressions, impression(result))
     return Response(content, media_type="application/json", background=log_it)

@@ -90,6 +90,7 @@ class ImpressionLog:
 
     def __init__(self, sink: Sink | None, capacity: int) -> None:
         self.sink = sink
+        self.capacity = capacity
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self.written = 0
         self.failed = 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from starlette.responses import PlainTextResponse, Response
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from starlette.responses import Response
 
 from serving.deps import ServiceDep, json_response
-from serving.prometheus import CONTENT_TYPE
 from serving.service import Service
 
 router = APIRouter(tags=["operations"])
@@ -29,9 +30,22 @@ async def readyz(service: ServiceDep) -> Response:
     return json_response(doc, 200 if doc["ready"] else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-async def metrics(service: ServiceDep) -> Response:
-    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (OpenMetrics with exemplars when the Accept header asks for it)",
+    responses={
+        200: {
+            "description": "the scrape",
+            "content": {
+                CONTENT_TYPE_PLAIN_0_0_4.split(";")[0]: {"schema": {"type": "string"}},
+                OPENMETRICS.split(";")[0]: {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def metrics(request: Request, service: ServiceDep) -> Response:
+    body, content_type = service.metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 def readiness(service: Service) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.distributed import barrier, close_world, init_world
+    from training.run_report import render_metrics
     from training.trainer import CHECKPOINT, Trainer, prepare_data
 
     config = load_config(args.config, args.overrides)
@@ -162,23 +163,6 @@ def _retrain(args: argparse.Namespace) -> int:
         return run_schedule(schedule, lambda: run_command(config), max_runs=args.max_runs)
 
 
-def render_metrics(result: dict) -> str:
-    """Test (or validation) metrics of a training run as a few readable lines."""
-    split = "test" if "test" in result else "valid"
-    lines = [f"best epoch {result['best_epoch']} of {result['epochs_run']}; {split} metrics:"]
-    for task, scores in result[split].items():
-        if task == "score":
-            continue
-        shown = ", ".join(
-            f"{name} {value:.4g}"
-            + (f" (oracle {scores['oracle_' + name]:.4g})" if f"oracle_{name}" in scores else "")
-            for name, value in scores.items()
-            if not name.startswith(("oracle_", "gap_"))
-        )
-        lines.append(f"  {task:<11} {shown}")
-    return "\n".join(lines)
-
-
 def _serve(args: argparse.Namespace) -> int:
     from serving.server import run
     from serving.settings import Settings, SettingsError
@@ -243,13 +227,25 @@ def _ab_report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from training.demo import run_demo
+    from training.demo import run_demo, stop_service
 
-    return run_demo(Path(args.workdir), quick=args.quick, stop=args.stop)
+    if args.stop:
+        return stop_service(Path(args.workdir))
+    return run_demo(Path(args.workdir), quick=args.quick, stop=args.stop_after)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ranker")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ranker", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -405,9 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smallest sizes, service stopped at the end (tests)"
     )
     demo.add_argument(
+        "--stop-after",
+        action="store_true",
+        help="stop the service when the demo finishes instead of leaving it running",
+    )
+    demo.add_argument(
         "--stop",
         action="store_true",
-        help="stop the service at the end instead of leaving it running",
+        help="only stop the service an earlier `ranker demo` left running (runs nothing else)",
     )
     return parser
 

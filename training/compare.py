@@ -132,7 +132,7 @@ def _train_one(train_config: TrainConfig) -> dict[str, Any]:
 
 def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]:
     """Train every run of the grid (skipping finished ones) and write the tables and plots."""
-    from tqdm import tqdm
+    from training.progress import progress_bar
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]
     configs = {key: run_config(config, key) for key in keys}
     results = {k: r for k in keys if (r := _finished(configs[k])) is not None}
     pending = [k for k in keys if k not in results]
-    bar = tqdm(total=len(pending), desc="compare", unit="run", disable=not progress)
+    bar = progress_bar(total=len(pending), desc="compare", unit="run", enabled=progress)
     if pending and config.workers > 1:
         import multiprocessing
 

@@ -9,6 +9,7 @@ printed -> leave the service running (or stop it).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
 from training.ab_render import markdown
 from training.ab_report import ab_report
-from training.cli import render_metrics
 from training.config import load_config
 from training.data import read_log
 from training.export import export_run
+from training.run_report import render_metrics
 from training.simulate import SimulatorConfig, simulate
 from training.summary import summarize
 from training.traffic import TrafficConfig, request_body, run_traffic, sample_requests
@@ -101,6 +102,52 @@ def free_port(preferred: int = 8000) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def _demo_service_pid(workdir: Path) -> int | None:
+    """The pid in `workdir/serve.pid` when that process is alive and is the ranker service.
+
+    The command line is checked (on Linux) so a pid the system has since given to another
+    process is never signalled.
+    """
+    try:
+        pid = int((workdir / "serve.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, but someone else's: not ours to stop
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists() and b"serving.server" not in cmdline.read_bytes():
+        return None
+    return pid
+
+
+def stop_service(workdir: Path, timeout_s: float = 30.0) -> int:
+    """Stop the service an earlier demo left running in `workdir` (SIGTERM: uvicorn drains)."""
+    pid = _demo_service_pid(workdir)
+    pid_file = workdir / "serve.pid"
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        print(f"no demo service is running for {workdir}")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        print(f"the service (pid {pid}) did not stop within {timeout_s:.0f} s: killed")
+    pid_file.unlink(missing_ok=True)
+    print(f"stopped the demo service (pid {pid})")
+    return 0
+
+
 def start_service(
     workdir: Path, registry: Path, experiments: Path, port: int
 ) -> subprocess.Popen[bytes]:
@@ -172,6 +219,9 @@ def show_rankings(url: str, world: World, count: int = 2, top_k: int = 5) -> Non
 def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
+    if _demo_service_pid(workdir) is not None:  # it serves the registry this run rewrites
+        print("a service from an earlier demo is running here: stopping it first")
+        stop_service(workdir)
     data_dir, run_dir, registry = workdir / "data", workdir / "run", workdir / "models"
     sim_config, train_overrides, trials, ab_requests = demo_sizes(quick)
 
@@ -251,11 +301,13 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
         show_rankings(url, world)
     except BaseException:
         service.terminate()
+        (workdir / "serve.pid").unlink(missing_ok=True)
         raise
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     if stop or quick:
         service.terminate()
         service.wait(timeout=30)
+        (workdir / "serve.pid").unlink(missing_ok=True)
         print("service stopped")
     else:
         print(
@@ -264,5 +316,8 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
         print(f"  API docs  {url}/docs")
         print(f"  metrics   {url}/metrics")
         print(f"  readiness {url}/readyz")
-        print(f"  stop it   kill $(cat {workdir / 'serve.pid'})")
+        stop_flag = "" if workdir == Path("out/demo") else f" --workdir {workdir}"
+        print(
+            f"  stop it   ranker demo --stop{stop_flag}   (or kill $(cat {workdir / 'serve.pid'}))"
+        )
     return 0

@@ -41,10 +41,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from ranker.schema import Feature, FeatureSpec, Side
 from training.errors import DataError
+from training.progress import progress_bar
 
 SPEC_FILE = "feature_spec.yaml"
 
@@ -487,7 +487,7 @@ class _Reader:
                 parse_options=pv.ParseOptions(invalid_row_handler=skip),
                 convert_options=convert,
             )
-            with tqdm(desc=path.name, unit=" rows", disable=not self.progress) as bar:
+            with progress_bar(desc=path.name, unit=" rows", enabled=self.progress) as bar:
                 for batch in reader:
                     for start in range(0, batch.num_rows, self.chunk_rows):
                         chunk = batch.slice(start, self.chunk_rows)

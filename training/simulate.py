@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from training.progress import progress_bar
 from training.world import SimulatorConfig, World
 
 __all__ = ["LOG_SCHEMA", "ORACLE_SCHEMA", "SimulationSummary", "SimulatorConfig", "World",
@@ -153,7 +153,7 @@ def simulate(config: SimulatorConfig, out_dir: Path, progress: bool = False) -> 
     watch_sum = completion_sum = 0.0
     users_seen = np.zeros(config.users, dtype=bool)
     items_seen = np.zeros(config.items, dtype=bool)
-    for day in tqdm(range(config.days), desc="simulate", unit="day", disable=not progress):
+    for day in progress_bar(range(config.days), desc="simulate", unit="day", enabled=progress):
         table = simulate_day(world, day)
         path = out_dir / f"day={dates[day]}" / "part-0.parquet"
         _write(table, path)

@@ -28,6 +28,7 @@ from ranker.registry import Manifest, verify
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula, score
 from training.data import EncodedData, encode_log, read_log
 from training.errors import DataError
+from training.progress import on_terminal
 
 METRIC = re.compile(r"^(?P<task>[a-z_]+)\.ndcg@(?P<k>\d+)$")
 CONSTRAINT = re.compile(
@@ -220,7 +221,8 @@ def tune(
     study.enqueue_trial(
         {t: default.weights.get(t, 0.0) / default.weights.get("click", 1.0) for t in free}
     )
-    study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+    # Optuna's bar is tqdm without `disable=None`: show it only where a person sees it.
+    study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress and on_terminal())
 
     feasible = [h for h in history if h[2]]
     best = max(feasible, key=lambda h: h[1].values[objective]) if feasible else None

@@ -79,7 +79,11 @@ class OptimizerConfig:
     lr: float = 1e-3
     # Per-task learning rates (tower + auxiliary head); default `lr`.
     task_lr: Mapping[str, float] = field(default_factory=dict)
+    # Weight decay of the dense layers (SparseAdam on the embedding tables has none).
     weight_decay: float = 0.0
+    # Row-sparse embedding gradients + SparseAdam (only the rows a batch reads are updated);
+    # false: dense gradients and Adam on the tables too (every row, every step).
+    sparse_embeddings: bool = True
     # Clip the global gradient norm (0: off).
     clip_norm: float = 0.0
 

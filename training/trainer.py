@@ -2,7 +2,10 @@
 
 Run directory:
     checkpoint.pt  full state of the last finished epoch (model, aux heads, optimizer, balancer,
-                   history) for `--resume`; each epoch seeds its own dropout draws (`rank_seed`)
+                   history) for `--resume`; each epoch seeds its own dropout draws (`rank_seed`).
+                   Written atomically after each epoch that trained; its size is printed and
+                   stored in metrics.json (`checkpoint_bytes`). Embedding tables train with
+                   row-sparse gradients and SparseAdam (`training.optimizer`).
     best.pt        the inference model of the best epoch + config + fitted feature spec (export reads it)
     metrics.json   per-epoch validation metrics, final valid/test metrics with oracle gaps
     steps.csv      per-step task losses, balancer weights, relative rates (equity), gate usage
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,12 +32,14 @@ from ranker.balancing import Balancer, build_balancer
 from ranker.balancing.gramian import gramian_on_representation
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import AuxConfig, MultiTaskModel, MultiTaskTrainingModel, build_model
+from ranker.models.inputs import use_sparse_gradients
 from ranker.schema import FeatureSpec, load_default_spec
 from ranker.tasks import build_tasks
 from training.config import ConfigError, TrainConfig
 from training.data import DaySplit, EncodedData, encode_log, read_log, split_days
 from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
+from training.optimizer import SplitOptimizer, clip_grad_norm
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -150,7 +156,8 @@ class Trainer:
             groups.append(
                 {"name": "balancer", "params": balancer_params, "lr": config.optimizer.lr}
             )
-        self.optimizer = torch.optim.Adam(groups, weight_decay=config.optimizer.weight_decay)
+        sparse = use_sparse_gradients(self.wrapper) if config.optimizer.sparse_embeddings else []
+        self.optimizer = SplitOptimizer(groups, sparse, config.optimizer.weight_decay)
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -158,6 +165,9 @@ class Trainer:
         self.best_epoch = -1
         self.stale_epochs = 0
         self.task_names = list(self.wrapper.task_names)
+        # Size of the last checkpoint written (bytes) and the step it holds (None: none yet).
+        self.checkpoint_bytes = 0
+        self._saved_step: int | None = None
 
     @property
     def model(self) -> MultiTaskModel:
@@ -201,9 +211,7 @@ class Trainer:
         total.backward()
         sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)
         if self.config.optimizer.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(
-                self.wrapper.parameters(), self.config.optimizer.clip_norm
-            )
+            clip_grad_norm(self.wrapper.parameters(), self.config.optimizer.clip_norm)
         self.optimizer.step()
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         main = all_reduce_sum(out.main_losses.detach() * share, world)
@@ -269,6 +277,8 @@ class Trainer:
             self.epoch += 1
             if self.world.is_main:
                 self.save_checkpoint(self.run_dir / CHECKPOINT)
+                if self.progress:
+                    print(f"checkpoint: {self.checkpoint_bytes / 1e6:.1f} MB")
             if self.stale_epochs >= loop.patience > 0:
                 break
         return self._finish(time.perf_counter() - started)
@@ -357,6 +367,7 @@ class Trainer:
             "epochs_run": self.epoch,
             "steps": self.step,
             "seconds": seconds,
+            "checkpoint_bytes": self.checkpoint_bytes,
             "history": self.history,
             "valid": evaluate_model(best, self.data.valid),
         }
@@ -388,7 +399,11 @@ class Trainer:
         )
 
     def save_checkpoint(self, path: Path) -> None:
-        _atomic_save(
+        """Everything `--resume` needs, written atomically; skipped when no step ran since the
+        last write (the file on disk already holds this state). Sets `checkpoint_bytes`."""
+        if self._saved_step == self.step and path.exists():
+            return
+        self.checkpoint_bytes = _atomic_save(
             {
                 "wrapper_state": self.wrapper.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
@@ -404,6 +419,7 @@ class Trainer:
             },
             path,
         )
+        self._saved_step = self.step
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
@@ -416,12 +432,26 @@ class Trainer:
         self.best_value = state["best_value"]
         self.best_epoch = int(state["best_epoch"])
         self.stale_epochs = int(state["stale_epochs"])
+        self._saved_step = self.step
+        self.checkpoint_bytes = path.stat().st_size
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _atomic_save(obj: Any, path: Path) -> int:
+    """Write to a temporary file, fsync, rename over `path`, fsync the directory: a crash leaves
+    the old file or the new one, never a torn one. Returns the size in bytes."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with tmp.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    size = tmp.stat().st_size
     tmp.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return size
 
 
 def _append_csv(path: Path, records: list[dict[str, Any]]) -> None:

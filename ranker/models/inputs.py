@@ -142,6 +142,25 @@ class InputLayer(nn.Module):
         return self.user(inputs), self.item(inputs)
 
 
+def embedding_tables(module: nn.Module) -> list[nn.Embedding]:
+    """The embedding tables of every input layer inside `module` (one per input group)."""
+    return [m.table for m in module.modules() if isinstance(m, GroupInput) and m.table is not None]
+
+
+def use_sparse_gradients(module: nn.Module, sparse: bool = True) -> list[Tensor]:
+    """Switch the embedding tables in `module` to row-sparse gradients (or back); their weights.
+
+    A batch reads a few thousand rows of a table that can hold millions: a sparse gradient names
+    only those rows, so the all-reduce and a row-wise optimiser (SparseAdam) touch only them. The
+    forward and the exported graph are unchanged; dense optimisers such as Adam refuse sparse
+    gradients, so models start dense and the trainer opts in.
+    """
+    tables = embedding_tables(module)
+    for table in tables:
+        table.sparse = sparse
+    return [table.weight for table in tables]
+
+
 def check_inputs(spec: FeatureSpec, inputs: Mapping[str, Tensor]) -> None:
     """Validate keys, dtypes, shapes and id ranges against the spec (eager only; not in forward,
     so the exported graph stays free of data-dependent checks). Errors name the key and feature."""

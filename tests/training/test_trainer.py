@@ -17,6 +17,7 @@ import torch
 from tests.conftest import tiny_overrides
 from training.cli import main
 from training.config import ConfigError, load_config
+from training.data import EncodedData
 from training.trainer import BEST, CHECKPOINT, Trainer, load_best, prepare_data
 
 
@@ -193,3 +194,87 @@ def test_every_command_is_registered() -> None:
     expected = {"simulate", "import-kuairand", "summary", "train", "compare", "export", "tune"}
     expected |= {"retrain", "serve", "simulate-traffic", "ab-report", "demo"}
     assert expected <= set(commands)
+
+
+def _rows_read(trainer: Trainer, batch: EncodedData) -> dict[str, torch.Tensor]:
+    """Table rows each input group's embedding table reads for `batch`."""
+    inputs = trainer._tensors(batch.inputs, slice(0, batch.rows))
+    layer = trainer.model.inputs
+    read = {}
+    for g, part in (("user", layer.user), ("item", layer.item)):
+        ids = [inputs[f"{g}_cat"] + part.cat_offsets]
+        if f"{g}_multi" in inputs:
+            ids.append(inputs[f"{g}_multi"] + part.multi_offsets)
+        read[g] = torch.cat(ids, dim=1).unique()
+    return read
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_embeddings_step_only_the_rows_a_batch_reads(
+    tiny_log: Path, tmp_path: Path, sparse: bool
+) -> None:
+    config = load_config(
+        None,
+        tiny_overrides(
+            tiny_log,
+            tmp_path,
+            f"optimizer.sparse_embeddings={str(sparse).lower()}",
+            "optimizer.task_lr={click: 0.01}",
+            "optimizer.clip_norm=1.0",
+        ),
+    )
+    trainer = Trainer(config, prepare_data(config), tmp_path, progress=False)
+    tables = {"user": trainer.model.inputs.user.table, "item": trainer.model.inputs.item.table}
+    weights = {g: t.weight for g, t in tables.items() if t is not None}
+    names = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    if sparse:  # tables in SparseAdam at the shared rate, per-task rates kept
+        assert names["shared_embeddings"] == config.optimizer.lr
+        assert trainer.optimizer.sparse is not None
+        in_sparse = {id(p) for g in trainer.optimizer.sparse.param_groups for p in g["params"]}
+        assert in_sparse == {id(w) for w in weights.values()} and len(in_sparse) == 2
+    first, second = list(trainer.data.train.slices(256))[:2]
+    trainer.train_step(first)
+    before = {g: w.detach().clone() for g, w in weights.items()}
+    trainer.train_step(second)
+    read = _rows_read(trainer, second)
+    moved_elsewhere = 0
+    for g, weight in weights.items():
+        changed = (weight.detach() != before[g]).any(dim=1).nonzero().flatten()
+        assert len(changed) > 0
+        moved_elsewhere += int((~torch.isin(changed, read[g])).sum())
+    # SparseAdam leaves rows the batch did not read alone; dense Adam's momentum moves them.
+    assert (moved_elsewhere == 0) if sparse else (moved_elsewhere > 0)
+
+
+def test_checkpoint_is_atomic_sized_and_not_rewritten_without_steps(
+    tiny_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(None, tiny_overrides(tiny_log, tmp_path, "train.epochs=1"))
+    trainer = Trainer(config, prepare_data(config), tmp_path, progress=True)
+    doc = trainer.fit()
+    checkpoint = tmp_path / CHECKPOINT
+    size = checkpoint.stat().st_size
+    assert doc["checkpoint_bytes"] == size > 0
+    assert f"checkpoint: {size / 1e6:.1f} MB" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.tmp"))
+    written = checkpoint.stat().st_mtime_ns
+    again = Trainer(config, prepare_data(config), tmp_path, progress=False)
+    again.load_checkpoint(checkpoint)
+    again.save_checkpoint(checkpoint)  # nothing trained since: the file already holds this state
+    assert checkpoint.stat().st_mtime_ns == written
+
+
+def test_clip_grad_norm_counts_sparse_rows_once() -> None:
+    from training.optimizer import clip_grad_norm
+
+    table = torch.nn.Embedding(10, 3, sparse=True)
+    twin = torch.nn.Embedding(10, 3)
+    twin.weight.data.copy_(table.weight.data)
+    ids = torch.tensor([1, 2, 2, 7])
+    (table(ids) ** 2).sum().backward()
+    (twin(ids) ** 2).sum().backward()
+    expected = torch.nn.utils.clip_grad_norm_([twin.weight], 0.5)
+    total = clip_grad_norm([table.weight], 0.5)
+    assert total == pytest.approx(float(expected), rel=1e-6)
+    assert table.weight.grad is not None
+    torch.testing.assert_close(table.weight.grad.to_dense(), twin.weight.grad)

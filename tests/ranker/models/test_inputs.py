@@ -88,3 +88,39 @@ def test_dense_only_group_has_no_table(make_inputs) -> None:
     assert layer.user.table is None
     user, item = layer(make_inputs(spec, 1, 3))
     assert user.shape == (1, 1) and item.shape == (3, 4)
+
+
+def test_sparse_gradients_name_only_the_rows_read(spec: FeatureSpec, make_inputs) -> None:
+    from ranker.models.inputs import use_sparse_gradients
+
+    layer = InputLayer(spec, embedding_dim=4)
+    x = make_inputs(spec, 3, 3)
+    dense_user, dense_item = layer(x)
+    (dense_user.sum() + dense_item.sum()).backward()
+    user_table, item_table = layer.user.table, layer.item.table
+    assert user_table is not None and item_table is not None
+    tables = [user_table, item_table]
+    dense_grads = [t.weight.grad.clone() for t in tables if t.weight.grad is not None]
+    layer.zero_grad(set_to_none=True)
+
+    weights = use_sparse_gradients(layer)
+    assert weights == [t.weight for t in tables]
+    user, item = layer(x)
+    torch.testing.assert_close(user, dense_user)  # the forward is unchanged
+    (user.sum() + item.sum()).backward()
+    for table, offsets, dense in zip(
+        (layer.user, layer.item), ("user", "item"), dense_grads, strict=True
+    ):
+        grad = table.table.weight.grad if table.table is not None else None
+        assert grad is not None and grad.is_sparse
+        read = torch.cat(
+            [x[f"{offsets}_cat"] + table.cat_offsets, x[f"{offsets}_multi"] + table.multi_offsets],
+            dim=1,
+        ).unique()
+        assert torch.equal(grad.coalesce().indices()[0], read)
+        torch.testing.assert_close(grad.to_dense(), dense)
+
+    use_sparse_gradients(layer, sparse=False)
+    layer.zero_grad(set_to_none=True)
+    layer(x)[1].sum().backward()
+    assert item_table.weight.grad is not None and not item_table.weight.grad.is_sparse

@@ -23,6 +23,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from ranker.registry import MODEL_FILE, load_manifest, publish
 from serving.app import create_app
@@ -190,6 +191,19 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels include `labels` in a /metrics scrape, parsed
+    by prometheus_client (label order and number formatting are the library's); None if absent."""
+    found = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+    assert len(found) <= 1, f"{name}{labels}: {len(found)} samples"
+    return float(found[0]) if found else None
 
 
 # -- Redis ---------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
+from serving import logs
 from serving.deps import read_body, require_json
 from serving.errors import ApiError, error_response
-from serving.impressions import ImpressionLog, now_ms
+from serving.impressions import now_ms
+from serving.logs import REQUEST_ID
 from serving.ranking import RankResult, experiment_doc, rank, render
 from serving.schemas import ERRORS, RankResponse
 from serving.service import Service
@@ -38,6 +40,7 @@ async def rank_endpoint(request: Request) -> Response:
     service: Service = request.app.state.service
     settings = service.settings
     variant = "-"
+    request_id = None
     try:
         require_json(request)
         body = await read_body(request, settings.max_body_bytes)
@@ -45,27 +48,44 @@ async def rank_endpoint(request: Request) -> Response:
         if state is None:
             raise ApiError(503, None, f"not ready: {service.manager.not_ready_reason}")
         parsed = parse_request(body, settings.max_candidates, state.decoder)
+        request_id = parsed.request_id
+        REQUEST_ID.set(request_id)  # on every line logged from here on
         result = rank(state, parsed)
         variant = result.assignment.label
         content = render(result)
     except ApiError as error:
-        service.metrics.observe(variant, error.status, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        service.metrics.observe(variant, error.status, seconds)
+        if settings.access_log:
+            # A body that did not parse has no id to trust: the client's X-Request-ID, if any.
+            request_id = request_id or request.headers.get("x-request-id")
+            logs.access(error.status, seconds, request_id=request_id, error_field=error.field)
         return error_response(error)
+    seconds = time.perf_counter() - started
+    model_version = str(result.model.ref)
     service.metrics.observe_ranked(
-        variant,
-        str(result.model.ref),
-        len(parsed.candidates),
-        result.onnx_seconds,
-        time.perf_counter() - started,
-        parsed.request_id,
+        variant, model_version, len(parsed.candidates), result.onnx_seconds, seconds, request_id
     )
-    # Queued once the response is sent: waking the writer thread is not the client's wait.
-    log_it = BackgroundTask(submit_impression, service.impressions, impression(result))
-    return Response(content, media_type="application/json", background=log_it)
+    # Once the response is sent: queueing the impression and the access line is not the
+    # client's wait.
+    after = BackgroundTask(after_response, service, result, model_version, seconds)
+    return Response(content, media_type="application/json", background=after)
 
 
-async def submit_impression(log: ImpressionLog, record: dict[str, Any]) -> None:
-    log.submit(record)  # async so that Starlette runs it inline, not on its thread pool
+async def after_response(
+    service: Service, result: RankResult, model_version: str, seconds: float
+) -> None:
+    # async so that Starlette runs it inline, not on its thread pool
+    service.impressions.submit(impression(result))
+    if service.settings.access_log:
+        logs.access(
+            200,
+            seconds,
+            request_id=result.request.request_id,
+            model_version=model_version,
+            variant=result.assignment.label,
+            candidates=len(result.request.candidates),
+        )
 
 
 def impression(result: RankResult) -> dict[str, Any]:

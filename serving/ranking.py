@@ -57,7 +57,11 @@ def rank(state: ServingState, request: RankRequest) -> RankResult:
     try:
         predictions = model.predict(feeds)
     except Exception as exc:  # ORT's own exception types; the service must keep serving
-        log.exception("model %s failed on request %s", model.ref, request.request_id)
+        log.exception(
+            "model %s failed",
+            model.ref,
+            extra={"model_version": str(model.ref), "variant": assignment.label},
+        )
         raise ApiError(503, None, f"model {model.ref} failed: {exc}") from None
     onnx_seconds = time.perf_counter() - started
     try:

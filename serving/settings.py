@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Environment = Literal["development", "production"]
+LogFormat = Literal["json", "text"]
 PREFIX = "RANKER_"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -67,6 +68,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # json: one object per line (request_id, model_version, variant on request lines); text.
+    log_format: LogFormat = "json"
+    # One access line per /rank request (after the response is sent).
+    access_log: bool = True
     # gc.freeze() once models are loaded: the start-up heap leaves the collector's scans (p99).
     freeze_gc: bool = True
     # Young-generation threshold of the cyclic GC after start-up (Python's default: 700; 0 keeps
@@ -113,6 +118,8 @@ class Settings:
                 )
             if self.environment == "production" and len(self.admin_token) < 16:
                 raise SettingsError("RANKER_ADMIN_TOKEN: use at least 16 characters in production")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"RANKER_LOG_FORMAT: must be json or text, got {self.log_format!r}")
         positive = ("max_candidates", "max_body_bytes", "impression_queue", "port")
         for name in positive:
             if getattr(self, name) < 1:

@@ -75,6 +75,7 @@ def test_unreadable_values_name_the_variable(env: dict[str, str], variable: str)
         (Settings(intra_op_threads=-1), "RANKER_INTRA_OP_THREADS"),
         (Settings(providers=()), "RANKER_PROVIDERS"),
         (Settings(gc_threshold=-1), "RANKER_GC_THRESHOLD"),
+        (Settings(log_format="xml"), "RANKER_LOG_FORMAT"),  # type: ignore[arg-type]
     ],
 )
 def test_unsafe_settings_are_refused(settings: Settings, variable: str) -> None:

@@ -1,0 +1,135 @@
+"""Structured logs: one JSON object per line, on stdlib logging.
+
+Every line logged while a request is handled carries its `request_id` (a context variable read
+by a filter), and the access line of each /rank request also names `model_version`, `variant`,
+`status`, `duration_ms` and `candidates`. Records are handed to a queue and formatted and
+written by a listener thread: a slow or blocked log pipe never stalls the event loop, and the
+request path pays for the record, not for its JSON or the write.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import logging
+import queue
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from typing import IO, Any
+
+import orjson
+
+from serving.settings import Settings
+
+# The request being handled by the current task (Starlette runs each request in its own context).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+ACCESS = logging.getLogger("ranker.serving.access")
+# What a LogRecord has of its own; anything else on a record came through `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "message", ...extra fields, "exc"}` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and value is not None:
+                doc[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(doc, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+class RequestContext(logging.Filter):
+    """Stamps the current request's id on records logged while it is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):  # an explicit one (even None) wins
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class _QueueHandler(QueueHandler):
+    """Hands a copy to the listener with its message and traceback already rendered (the
+    traceback's frames must not outlive the request), and keeps the `extra` fields apart
+    (the stdlib's prepare() folds everything into the message text)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+@contextmanager
+def configured(settings: Settings, stream: IO[str] | None = None) -> Iterator[None]:
+    """Route every logger (uvicorn's too) through one queue to `stream` (stderr) in
+    RANKER_LOG_FORMAT, until the block ends; the root logger's previous setup is restored."""
+    target = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if settings.log_format == "json":
+        target.setFormatter(JsonFormatter())
+    else:
+        target.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+        )
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _QueueHandler(records)
+    handler.addFilter(RequestContext())
+    listener = QueueListener(records, target)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()  # writes what is queued
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def access(
+    status: int,
+    seconds: float,
+    *,
+    request_id: str | None,
+    model_version: str | None = None,
+    variant: str | None = None,
+    candidates: int | None = None,
+    error_field: str | None = None,
+) -> None:
+    """The access line of one /rank request (INFO; WARNING for 5xx)."""
+    ACCESS.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "POST /rank %d",
+        status,
+        extra={
+            "request_id": request_id,
+            "model_version": model_version,
+            "variant": variant,
+            "status": status,
+            "duration_ms": round(seconds * 1e3, 3),
+            "candidates": candidates,
+            "error_field": error_field,
+        },
+    )

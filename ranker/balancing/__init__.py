@@ -20,6 +20,7 @@ from ranker.balancing._gradnorm import GradNorm
 from ranker.balancing._imtl_g import IMTLG
 from ranker.balancing._mgda import MGDA
 from ranker.balancing._minmax import MinMax
+from ranker.balancing._nash_mtl import NashMTL
 from ranker.balancing._pcgrad import PCGrad
 from ranker.balancing._static import Static
 from ranker.balancing._uw import UW
@@ -43,6 +44,7 @@ BALANCERS: dict[str, type[Balancer]] = {
     "bandit": Bandit,
     "famo": FAMO,
     "minmax": MinMax,
+    "nash_mtl": NashMTL,
     "emtl": EMTL,
 }
 
@@ -97,6 +99,7 @@ __all__ = [
     "CAGrad",
     "GradNorm",
     "MinMax",
+    "NashMTL",
     "PCGrad",
     "Static",
     "balanced_backward",

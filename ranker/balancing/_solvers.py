@@ -1,5 +1,6 @@
-"""Small solvers shared by several methods: the min-norm point (MGDA, EMTL, CAGrad) and the
-KL-ball mirror-ascent step (BanditMTL, EMTL).
+"""Small solvers shared by several methods: the min-norm point (MGDA, EMTL, CAGrad), the KL-ball
+mirror-ascent step (BanditMTL, EMTL), the normalised Gramian and unit-gradient weights of the
+scale-free methods (EMTL, IMTL-G, normalised MGDA) and the bargaining solution (Nash-MTL).
 
 They run in float64 NumPy on the CPU: the problems are K-sized, so per-operation overhead, not
 arithmetic, sets their cost, and NumPy's is several times lower than torch's.
@@ -74,12 +75,16 @@ def min_norm_weights(gramian: Tensor, *, max_iter: int = 1000, tol: float = 1e-1
     Returns uniform weights when every gradient is zero (any point is then min-norm).
     """
     g = gramian.detach().cpu().numpy().astype(np.float64)
+    a = min_norm_simplex(g, max_iter=max_iter, tol=tol)
+    return torch.from_numpy(a).to(gramian.device, gramian.dtype)
+
+
+def min_norm_simplex(g: np.ndarray, *, max_iter: int = 1000, tol: float = 1e-12) -> np.ndarray:
+    """`min_norm_weights` on a NumPy Gramian."""
     k = g.shape[0]
     if not float(g.diagonal().max(initial=0.0)) > 0.0:
-        a = np.full(k, 1.0 / k)
-    else:
-        a = simplex_qp(g, np.zeros(k), max_iter=max_iter, tol=tol)
-    return torch.from_numpy(a).to(gramian.device, gramian.dtype)
+        return np.full(k, 1.0 / k)
+    return simplex_qp(g, np.zeros(k), max_iter=max_iter, tol=tol)
 
 
 def kl(p: np.ndarray) -> float:
@@ -129,3 +134,62 @@ def kl_ball_mirror_ascent(
         tau = math.exp(lo)
         new_p, lam = _gibbs(x, tau)[0], 1.0 / tau - 1.0
     return torch.from_numpy(new_p).to(p.device, p.dtype), lam
+
+
+def unit_gramian(gramian: Tensor, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Gramian of the unit gradients g_i / (||g_i|| + eps) of the tasks that have a gradient.
+
+    Returns (normalised Gramian [k, k] over the active tasks, norms [K], active mask [K]). A task
+    whose gradient on the shared layers is zero (||g_i|| <= eps) has nothing to balance there:
+    in a min-norm or bargaining problem its zero row would take all the weight from the others.
+    Rescaling one task's gradient by s leaves the normalised Gramian unchanged (up to eps).
+    """
+    g = gramian.detach().cpu().numpy().astype(np.float64)
+    norms = np.sqrt(np.clip(g.diagonal(), 0.0, None))
+    active = norms > eps
+    unit = g[np.ix_(active, active)] / np.outer(norms[active] + eps, norms[active] + eps)
+    return unit, norms, active
+
+
+def unit_weights(
+    mix: np.ndarray, norms: np.ndarray, active: np.ndarray, eps: float, like: Tensor
+) -> Tensor:
+    """Loss weights w_i = K m_i / (||g_i|| + eps) for the active tasks' mix m (summing to 1).
+
+    The weighted backward then moves the shared layers along K sum_i m_i g_i / ||g_i||: a mix of
+    unit gradients, so no task's scale enters the direction, its shares m_i or its length (at
+    most K, EW's on unit gradients). Inactive tasks keep EW's weight 1, so their own towers train.
+    """
+    k = norms.size
+    w = np.ones(k)
+    w[active] = k * mix / (norms[active] + eps)
+    return torch.from_numpy(w).to(like.device, like.dtype)
+
+
+def nash_bargaining(
+    gramian: np.ndarray, *, ridge: float = 0.0, max_iter: int = 100, tol: float = 1e-24
+) -> np.ndarray:
+    """The positive solution b of (G + ridge I) b = 1 / b, the Nash bargaining weights.
+
+    It is the minimiser of F(b) = 1/2 b^T (G + ridge I) b - sum_i log b_i over b > 0 (the
+    gradient of F is the equation), a strictly convex, self-concordant function, so damped Newton
+    (step 1 / (1 + lambda), lambda the Newton decrement) stays inside b > 0 and converges from any
+    start; once lambda < 1/4 full steps stay inside too and converge quadratically (Nesterov &
+    Nemirovski). Stops when lambda^2 / 2 <= tol (about F's distance to its minimum). Without the ridge no solution exists when a positive
+    combination of the gradients cancels (e.g. g_2 = -g_1); the ridge bounds b there.
+    """
+    k = gramian.shape[0]
+    a = gramian + ridge * np.eye(k)
+    b = np.ones(k)
+    for _ in range(max_iter):
+        grad = a @ b - 1.0 / b
+        try:
+            step = np.linalg.solve(a + np.diag(1.0 / (b * b)), grad)
+        except np.linalg.LinAlgError:
+            break  # b diverges (no solution, ridge 0) until 1 / b^2 underflows: keep the last b
+        decrement2 = float(grad @ step)
+        if decrement2 / 2.0 <= tol:
+            break
+        decrement = math.sqrt(max(decrement2, 0.0))
+        b = b - (step if decrement < 0.25 else step / (1.0 + decrement))
+    return b

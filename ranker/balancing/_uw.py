@@ -12,12 +12,17 @@ from ranker.balancing.base import Balancer
 
 
 class UW(Balancer):
-    """Learnt log-variances s_i = log sigma_i^2; the loss is sum_i c_i (exp(-s_i) L_i + s_i).
+    """Learnt log-variances s_i = log sigma_i^2; the loss is sum_i c_i exp(-s_i) L_i + s_i / 2.
 
-    c_i = 1/2 for regression tasks (a Gaussian likelihood has 1 / (2 sigma^2)) and 1 otherwise.
-    The weights exp(-s_i) c_i carry gradients to `log_var`, so the trainer must hand this module's
-    parameters to its optimizer; `regulariser()` is the sum_i c_i s_i term. For a fixed L_i the
-    optimum is s_i = log L_i.
+    Kendall et al.'s likelihoods, per task kind: a regression (Gaussian) gives
+    L / (2 sigma^2) + log sigma, so c_i = 1/2; a classification (softmax scaled by 1 / sigma^2)
+    gives L / sigma^2 + log sigma, so c_i = 1. Both regularise with log sigma = s_i / 2.
+    (METHODS.md writes "exp(-s_i) L_i + s_i, halved for regression", which is log sigma^2 for
+    classification: twice the paper's regulariser, and it let classification settle at twice the
+    weight of a regression with the same loss.) For a fixed L_i the optimum is s_i = log L_i for a
+    regression and log 2 L_i for a classification: weight 1 / (2 L_i) for both kinds.
+    The weights c_i exp(-s_i) carry gradients to `log_var`, so the trainer must hand this
+    module's parameters to its optimizer; `regulariser()` is the sum_i s_i / 2 term.
     """
 
     factor: Tensor
@@ -37,4 +42,4 @@ class UW(Balancer):
         return self.factor * torch.exp(-self.log_var)
 
     def regulariser(self) -> Tensor:
-        return (self.factor * self.log_var).sum()
+        return 0.5 * self.log_var.sum()

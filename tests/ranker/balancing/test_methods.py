@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,10 +21,11 @@ from ranker.balancing import (
     CAGrad,
     GradNorm,
     MinMax,
+    NashMTL,
     PCGrad,
     Static,
 )
-from ranker.balancing._solvers import kl, kl_ball_mirror_ascent
+from ranker.balancing._solvers import kl, kl_ball_mirror_ascent, nash_bargaining
 
 seeds = st.integers(0, 2**16)
 maths_settings = settings(max_examples=25, deadline=None, derandomize=True)
@@ -69,6 +71,33 @@ def test_mgda_two_tasks_closed_form(seed: int) -> None:
 
 def test_mgda_on_zero_gradients_is_uniform() -> None:
     torch.testing.assert_close(MGDA(3).weights(ones(3), torch.zeros(3, 3)), ones(3))
+    torch.testing.assert_close(MGDA(3, normalise=True).weights(ones(3), torch.zeros(3, 3)), ones(3))
+
+
+def unit_rows(jac: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return jac / (jac.norm(dim=1, keepdim=True) + eps)
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 6), shift=st.sampled_from([0.0, 1.0]))
+def test_normalised_mgda_is_mgda_on_unit_gradients(seed: int, k: int, shift: float) -> None:
+    """w_i (||g_i|| + eps) = K a_i, a MGDA's weights for the unit gradients, whatever the norms."""
+    jac = jacobian(k, seed, dim=k + 2, shift=shift)
+    jac = jac * torch.logspace(-3, 3, k, dtype=torch.float64)[:, None]  # norms over six decades
+    unit = unit_rows(jac)
+    w = MGDA(k, normalise=True).weights(ones(k), jac @ jac.T)
+    expected = MGDA(k).weights(ones(k), unit @ unit.T)
+    torch.testing.assert_close(w * (jac.norm(dim=1) + 1e-8), expected)
+
+
+def test_a_task_without_gradient_keeps_weight_one() -> None:
+    """A zero row would be the min-norm point and take all the weight: it is left out instead."""
+    jac = jacobian(3, 0)
+    jac[1] = 0.0
+    g = jac @ jac.T
+    for balancer in (MGDA(3, normalise=True), IMTLG(3), EMTL(3), NashMTL(3)):
+        w = balancer.weights(ones(3), g)
+        assert w[1] == 1.0 and (w[[0, 2]] != 0).all(), type(balancer).__name__
 
 
 # --- PCGrad -----------------------------------------------------------------------------------
@@ -100,14 +129,51 @@ def test_pcgrad_is_reproducible_from_its_seed() -> None:
 
 
 @maths_settings
-@given(seed=seeds, k=st.integers(2, 6))
-def test_imtl_g_equal_projections(seed: int, k: int) -> None:
-    jac = jacobian(k, seed, dim=k + 3, shift=1.0)
-    w = IMTLG(k).weights(ones(k), jac @ jac.T)
-    assert w.sum().item() == pytest.approx(k)
+@given(seed=seeds, k=st.integers(2, 6), shift=st.sampled_from([0.0, 1.0]))
+def test_imtl_g_equal_positive_projections(seed: int, k: int, shift: float) -> None:
+    """d . g_i / ||g_i|| is the same positive number for every task, and d = K sum_i m_i u_i
+    with sum_i m_i = 1, for gradient norms spread over six decades (eps 0: exact unit vectors)."""
+    jac = jacobian(k, seed, dim=k + 3, shift=shift)
+    jac = jac * torch.logspace(-3, 3, k, dtype=torch.float64)[:, None]
+    w = IMTLG(k, eps=0.0).weights(ones(k), jac @ jac.T)
+    mix = w * jac.norm(dim=1) / k
+    assert mix.sum().item() == pytest.approx(1.0)
     d = w @ jac
     projections = jac @ d / jac.norm(dim=1)
+    assert projections.min() > 0
     torch.testing.assert_close(projections, projections.mean().expand(k), rtol=1e-9, atol=0.0)
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 5))
+def test_imtl_g_direction_matches_the_raw_closed_form(seed: int, k: int) -> None:
+    """Where the raw Gramian is well conditioned, the paper's G^+ ||g|| gives the same update
+    direction (its scale differs: the paper's weights sum to 1)."""
+    jac = jacobian(k, seed, dim=k + 3, shift=1.0)
+    g = jac @ jac.T
+    raw = torch.linalg.pinv(g, hermitian=True) @ g.diagonal().sqrt()
+    raw = raw / raw.sum()
+    d, d_raw = IMTLG(k).weights(ones(k), g) @ jac, raw @ jac
+    cos = d @ d_raw / (d.norm() * d_raw.norm())
+    assert cos.item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_imtl_g_keeps_the_small_tasks_at_a_norm_ratio_of_1e4() -> None:
+    """The raw Gramian's pseudo-inverse collapses onto the large task here ([3, 0, 0]); on unit
+    gradients the small tasks keep their share |w_i| ||g_i|| and the projections stay equal."""
+    jac = jacobian(3, 0, dim=6, shift=0.5)
+    jac[0] *= 1.1e4
+    g = jac @ jac.T
+
+    def shares(w: torch.Tensor) -> torch.Tensor:
+        return (w.abs() * jac.norm(dim=1)) / (w.abs() * jac.norm(dim=1)).sum()
+
+    raw = torch.linalg.pinv(g, rtol=1e-8, hermitian=True) @ g.diagonal().sqrt()
+    assert shares(raw)[1:].max() < 1e-3  # the old closed form
+    w = IMTLG(3).weights(ones(3), g)
+    assert shares(w).min() > 0.05
+    projections = jac @ (w @ jac) / jac.norm(dim=1)
+    torch.testing.assert_close(projections, projections.mean().expand(3), rtol=1e-7, atol=0.0)
 
 
 # --- CAGrad -----------------------------------------------------------------------------------
@@ -203,38 +269,106 @@ def test_bandit_moves_weight_toward_the_highest_loss() -> None:
 @maths_settings
 @given(seed=seeds, k=st.integers(2, 5))
 def test_emtl_steps(seed: int, k: int) -> None:
-    """r, the KL ball, the merge and the sum K, checked against METHODS.md steps 2-5."""
+    """r, the KL ball, MGDA on the unit gradients and the merge, per METHODS.md steps 1-6."""
     jac = jacobian(k, seed, dim=k + 2)
+    jac = jac * torch.logspace(-2, 2, k, dtype=torch.float64)[:, None]
     g = jac @ jac.T
+    norms = jac.norm(dim=1) + 1e-8
+    unit = unit_rows(jac)
     losses = torch.exp(torch.randn(k, generator=torch.Generator().manual_seed(seed + 1)))
     emtl = EMTL(k, rho=0.1, eta=0.5, beta=0.5)
     for _ in range(3):  # p persists: constraint must hold on every call
         w = emtl.weights(losses.double(), g)
         log = emtl.log
-        torch.testing.assert_close(log["r"], losses.double() / (jac.norm(dim=1) + 1e-8))
-        assert kl(log["p"].numpy()) <= 0.1 + 1e-12
+        torch.testing.assert_close(log["r"], losses.double() / norms)  # step 2
+        assert kl(log["p"].numpy()) <= 0.1 + 1e-12  # step 3
         if log["lam"] > 0:
             assert kl(log["p"].numpy()) == pytest.approx(0.1, rel=1e-9)
-        torch.testing.assert_close(log["a"], MGDA(k).weights(ones(k), g) / k)
-        torch.testing.assert_close(w, k * (0.5 * log["a"] + 0.5 * log["p"]))
-        assert w.sum().item() == pytest.approx(k)
+        torch.testing.assert_close(log["a"], MGDA(k).weights(ones(k), unit @ unit.T) / k)  # 5
+        mix = 0.5 * log["a"] + 0.5 * log["p"]
+        torch.testing.assert_close(w, k * mix / norms)  # step 6, c = K
+        torch.testing.assert_close(w @ jac, k * mix @ unit)  # the update: unit gradients mixed
     assert torch.equal(emtl.p, log["p"])
 
 
 @maths_settings
 @given(seed=seeds, k=st.integers(2, 5))
-def test_emtl_beta_one_is_mgda(seed: int, k: int) -> None:
+def test_emtl_beta_one_is_normalised_mgda(seed: int, k: int) -> None:
     jac = jacobian(k, seed, dim=k + 2)
     g = jac @ jac.T
     losses = torch.rand(k, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    torch.testing.assert_close(EMTL(k, beta=1.0).weights(losses, g), MGDA(k).weights(losses, g))
+    torch.testing.assert_close(
+        EMTL(k, beta=1.0).weights(losses, g), MGDA(k, normalise=True).weights(losses, g)
+    )
+
+
+def test_emtl_weighted_loss_is_the_relative_rate_objective() -> None:
+    """sum_i w_i L_i = K sum_i m_i r_i: c = K makes the loss the player's objective of step 4."""
+    jac = jacobian(3, 4)
+    losses = torch.tensor([100.0, 1.0, 0.5], dtype=torch.float64)
+    emtl = EMTL(3)
+    w = emtl.weights(losses, jac @ jac.T)
+    mix = 0.5 * emtl.log["a"] + 0.5 * emtl.log["p"]
+    assert (w * losses).sum().item() == pytest.approx(3 * float(mix @ emtl.log["r"]))
+
+
+# --- Nash-MTL ---------------------------------------------------------------------------------
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 6), shift=st.sampled_from([0.0, 1.0, 3.0]))
+def test_nash_mtl_solves_the_bargaining_equation(seed: int, k: int, shift: float) -> None:
+    """a > 0 and (G / ||G||_F) a = 1 / a, the authors' normalised equation, for norms spread
+    over six decades (the ridge's effect is below the tolerance on these full-rank Gramians)."""
+    jac = jacobian(k, seed, dim=k + 3, shift=shift)
+    jac = jac * torch.logspace(-3, 3, k, dtype=torch.float64)[:, None]
+    g = jac @ jac.T
+    a = NashMTL(k, ridge=0.0).weights(ones(k), g)
+    assert (a > 0).all()
+    g_hat = g / torch.linalg.matrix_norm(g)
+    torch.testing.assert_close(g_hat @ a * a, ones(k), rtol=1e-8, atol=1e-8)
+
+
+@maths_settings
+@given(seed=seeds, k=st.integers(2, 4))
+def test_nash_mtl_maximises_the_product_of_utilities(seed: int, k: int) -> None:
+    """d = sum a_i g_i maximises sum_i log(d' . g_i) over the sphere ||d'|| = ||d||."""
+    jac = jacobian(k, seed, dim=k + 2, shift=1.5)
+    d = NashMTL(k, ridge=0.0).weights(ones(k), jac @ jac.T) @ jac
+    best = torch.log(jac @ d).sum()
+    gen = torch.Generator().manual_seed(seed)
+    others = d + 0.3 * d.norm() * torch.randn(
+        4000, jac.shape[1], generator=gen, dtype=torch.float64
+    )
+    others = others / others.norm(dim=1, keepdim=True) * d.norm()
+    utilities = others @ jac.T
+    feasible = (utilities > 0).all(dim=1)
+    assert feasible.sum() > 100
+    assert (torch.log(utilities[feasible]).sum(dim=1) <= best + 1e-9).all()
+
+
+def test_nash_mtl_orthogonal_closed_form() -> None:
+    """Orthogonal gradients: a_i = sqrt(||G||_F) / ||g_i||, every utility d . g_i equal."""
+    norms = torch.tensor([0.1, 1.0, 30.0], dtype=torch.float64)
+    g = torch.diag(norms**2)
+    a = NashMTL(3).weights(ones(3), g)
+    torch.testing.assert_close(a, torch.linalg.matrix_norm(g).sqrt() / norms, rtol=1e-6, atol=0)
+
+
+def test_nash_bargaining_ridge_bounds_cancelling_gradients() -> None:
+    """g_2 = -g_1 has no solution; with the ridge (U + ridge I) b = 1 / b, b = 1 / sqrt(ridge)."""
+    unit = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    b = nash_bargaining(unit, ridge=1e-6)
+    np.testing.assert_allclose(b, [1e3, 1e3], rtol=1e-9)
+    assert np.isfinite(nash_bargaining(unit, ridge=0.0)).all()
 
 
 # --- loss-based methods -----------------------------------------------------------------------
 
 
 def test_uw_regulariser_and_gradients() -> None:
-    """Loss c_i (exp(-s_i) L_i + s_i), c = 1/2 for regression: d/ds_i = c_i (1 - exp(-s_i) L_i)."""
+    """Loss c_i exp(-s_i) L_i + s_i / 2 (log sigma = s / 2), c = 1/2 for regression and 1 for
+    classification: d/ds_i = 1/2 - c_i exp(-s_i) L_i, so s_i -> log(2 c_i L_i)."""
     uw = UW(3, regression=[True, False, True], init_log_var=0.0)
     with torch.no_grad():
         uw.log_var.copy_(torch.tensor([0.5, -1.0, 2.0]))
@@ -243,16 +377,17 @@ def test_uw_regulariser_and_gradients() -> None:
     w = uw.weights(losses)
     torch.testing.assert_close(w, c * torch.exp(-uw.log_var.detach()))
     total = (w * losses).sum() + uw.regulariser()
-    torch.testing.assert_close(uw.regulariser(), (c * uw.log_var).sum())
+    torch.testing.assert_close(uw.regulariser(), 0.5 * uw.log_var.sum())
     (grad,) = torch.autograd.grad(total, uw.log_var)
-    torch.testing.assert_close(grad, c * (1 - torch.exp(-uw.log_var.detach()) * losses))
-    # the optimum s_i = log L_i: training s alone gets there
+    torch.testing.assert_close(grad, 0.5 - c * torch.exp(-uw.log_var.detach()) * losses)
+    # the optimum: s = log L for a regression, log 2L for a classification; weight 1 / (2 L)
     opt = torch.optim.SGD(uw.parameters(), lr=0.5)
     for _ in range(300):
         opt.zero_grad()
         ((uw.weights(losses) * losses).sum() + uw.regulariser()).backward()
         opt.step()
-    torch.testing.assert_close(uw.log_var.detach(), losses.log(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(uw.log_var.detach(), (2 * c * losses).log(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(uw.weights(losses).detach(), 0.5 / losses, rtol=1e-4, atol=1e-4)
 
 
 def test_dwa_closed_form() -> None:

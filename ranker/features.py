@@ -47,13 +47,15 @@ class Ragged:
     @classmethod
     def of_int_lists(cls, rows: Sequence[Sequence[int] | None]) -> Ragged:
         """From lists of int64-range integers (None: an empty row)."""
+        filled: Sequence[Sequence[int]]
         try:
-            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))  # type: ignore[arg-type]
+            filled = rows  # type: ignore[assignment]  # no None row, or len() had raised
         except TypeError:  # a None row
-            rows = [row or () for row in rows]
-            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            filled = [row or () for row in rows]
+            lengths = np.fromiter(map(len, filled), dtype=np.int64, count=len(filled))
         count = int(lengths.sum())
-        values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=count)
+        values = np.fromiter(itertools.chain.from_iterable(filled), dtype=np.int64, count=count)
         return cls(values, lengths)
 
     def __len__(self) -> int:

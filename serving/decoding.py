@@ -79,7 +79,7 @@ class RequestDecoder:
     def decode(self, body: bytes) -> DecodedBody | None:
         """The decoded body, or None when it needs the general path (for any reason)."""
         try:
-            doc = self._decoder.decode(body)
+            doc: Any = self._decoder.decode(body)  # a struct type built at run time
             user = orjson.loads(memoryview(doc.user))
             context = (
                 None if doc.context is msgspec.UNSET else orjson.loads(memoryview(doc.context))

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import admin, api, ops
+from serving import admin, api, metadata, ops
 from serving.errors import ApiError, error_response
 from serving.schemas import ExperimentDocument, RankRequest
 from serving.service import open_service
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(ops.router)
+    app.include_router(metadata.router)
     app.include_router(admin.router)
     install_error_handlers(app)
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
@@ -103,8 +104,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the bodies the handlers read themselves (documented, not parsed)."""
-    if app.openapi_schema is None:
+    """FastAPI's schema plus the bodies the handlers read themselves (documented, not parsed);
+    once models serve, the /rank request lists their features (rebuilt when the models change)."""
+    service = getattr(app.state, "service", None)
+    state = service.manager.state if service is not None else None
+    key = tuple(state.models) if state is not None else None
+    if app.openapi_schema is None or getattr(app.state, "openapi_models", None) != key:
         schema = get_openapi(
             title=app.title,
             version=app.version,
@@ -116,5 +121,8 @@ def openapi(app: FastAPI) -> dict[str, Any]:
             doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(doc.pop("$defs", {}))
             components[model.__name__] = doc
+        if service is not None and state is not None:
+            metadata.document_rank(schema, state, service.settings)
         app.openapi_schema = schema
+        app.state.openapi_models = key
     return app.openapi_schema

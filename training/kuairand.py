@@ -3,7 +3,9 @@
 Input: a directory (or its `data/` folder) with KuaiRand's own files, any version suffix:
 `log_standard_*.csv`, `log_random_*.csv`, `user_features*.csv`, `video_features_basic*.csv`.
 Output: `OUT/day=YYYY-MM-DD/part-NNNNN.parquet` in the impression-log contract of DESIGN.md, and
-`OUT/feature_spec.yaml` naming the imported features. Logs are streamed in chunks; the output does not
+`OUT/feature_spec.yaml` naming the imported features, each categorical one sized to the values the
+import saw (`training.buckets`: collision-free for low cardinality, 8x headroom for ids; the reason
+per feature is in the spec's `extra.bucket_sizing`). Logs are streamed in chunks; the output does not
 depend on the chunking.
 
 Rules:
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -43,6 +45,7 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
 from ranker.schema import Feature, FeatureSpec, Side
+from training.buckets import CardinalityCounter, Sizing
 from training.errors import DataError
 from training.progress import progress_bar
 
@@ -187,8 +190,12 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def kuairand_spec(request_window_ms: int = 60_000) -> FeatureSpec:
-    """The feature spec of an imported KuaiRand log; buckets are sized for KuaiRand-27K."""
+def kuairand_spec(
+    request_window_ms: int = 60_000, sizing: Mapping[str, Sizing] | None = None
+) -> FeatureSpec:
+    """The feature spec of an imported KuaiRand log. With `sizing` (what the import observed,
+    `training.buckets`) each categorical feature gets its sized bucket count and the reason is
+    kept in `extra.bucket_sizing`; without, the fixed sizes below (made for KuaiRand-27K)."""
     cat: list[tuple[str, Side, int]] = [
         ("user_id", "user", 1 << 17),  # 27,285 users
         *[(c, "user", 8) for c in ("user_active_degree", *USER_FLAGS)],
@@ -203,8 +210,13 @@ def kuairand_spec(request_window_ms: int = 60_000) -> FeatureSpec:
         ("music_id", "item", 1 << 18),
         ("music_type", "item", 32),
     ]
-    features = [Feature(name, side, "categorical", buckets=b) for name, side, b in cat]
-    features.append(Feature("tag", "item", "multi_categorical", buckets=256, max_len=4))
+    sizing = dict(sizing or {})
+    features = [
+        Feature(name, side, "categorical", buckets=sizing[name].buckets if name in sizing else b)
+        for name, side, b in cat
+    ]
+    tag_buckets = sizing["tag"].buckets if "tag" in sizing else 256
+    features.append(Feature("tag", "item", "multi_categorical", buckets=tag_buckets, max_len=4))
     features += [Feature(c, "user", "dense", transform="log1p", default=0.0) for c in USER_COUNTS]
     features.append(Feature("duration", "item", "dense", transform="log1p", default=30.0))
     features.append(Feature("upload_age_days", "item", "dense", transform="log1p", default=0.0))
@@ -213,6 +225,8 @@ def kuairand_spec(request_window_ms: int = 60_000) -> FeatureSpec:
         "request_window_ms": request_window_ms,
         "extra_columns": ["play_time", "is_rand", *SIGNALS],
     }
+    if sizing:
+        extra["bucket_sizing"] = {name: sizing[name].reason for name in sorted(sizing)}
     return FeatureSpec(features=tuple(features), name="kuairand", extra=extra)
 
 
@@ -262,7 +276,7 @@ def import_kuairand(
 
     spec_path = out_dir / SPEC_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    kuairand_spec(request_window_ms).save(spec_path)
+    kuairand_spec(request_window_ms, job.cardinality.sizing()).save(spec_path)
     files = sorted(writers.files)
     return ImportReport(
         rows_in=job.rows_in,
@@ -315,6 +329,10 @@ class _Import:
         self.window_ms, self.drop_invalid, self.notes = window_ms, drop_invalid, notes
         self.rows_in = self.rows_out = 0
         self.dropped: Counter[str] = Counter()
+        spec = kuairand_spec(window_ms)
+        self.cardinality = CardinalityCounter(
+            {f.name: f for f in spec.features if f.kind != "dense"}
+        )
         video_table = videos.table
         self.video_seconds = _floats(video_table.column("video_duration"))
         self.upload_day = _floats(video_table.column("upload_day"))
@@ -340,6 +358,7 @@ class _Import:
                 day = str(np.datetime64(int(days[start]), "D"))
                 self.writers.write(day, table.slice(start, end - start))
             self.rows_out += len(table)
+            self.cardinality.add_table(table)
         self.rows_in += bad["malformed_row"]
         if bad and not self.drop_invalid:
             raise _invalid_rows(path, bad)

@@ -18,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ranker.schema import load_default_spec
+from training.buckets import CardinalityCounter, Sizing
 from training.progress import progress_bar
-from training.world import SimulatorConfig, World
+from training.world import TABS, SimulatorConfig, World
 
 __all__ = ["LOG_SCHEMA", "ORACLE_SCHEMA", "SimulationSummary", "SimulatorConfig", "World",
-           "simulate", "simulate_day"]  # fmt: skip
+           "simulate", "simulate_day", "spec_sizing"]  # fmt: skip
 
 LOG_SCHEMA = pa.schema(
     [
@@ -129,6 +131,27 @@ def simulate_day(world: World, day: int) -> pa.Table:
         columns["oracle_completion"] = expected.completion
     arrays = [pa.array(columns[f.name], type=f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def spec_sizing(config: SimulatorConfig) -> dict[str, Sizing]:
+    """Bucket counts for the simulator spec's categorical features from the values the world
+    can emit (`training.buckets`); `ranker/simulator_spec.yaml` holds those of the default config."""
+    world = World(config)
+    values: dict[str, np.ndarray] = {
+        "user_id": np.arange(config.users),
+        **{k: np.unique(v) for k, v in world.user_features(np.arange(config.users)).items()},
+        "hour": np.arange(24),
+        "tab": np.arange(TABS),
+        "item_id": np.arange(config.items),
+        "author_id": np.unique(world.item_author),
+        "category": np.unique(world.item_category),
+        "tags": np.unique(world.item_tags[world.item_tags >= 0]),
+    }
+    spec = load_default_spec()
+    counter = CardinalityCounter({name: spec[name] for name in values})
+    for name, array in values.items():
+        counter.add(name, pa.array(array))
+    return counter.sizing()
 
 
 def _write(table: pa.Table, path: Path) -> None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ranker.features import FeatureEncoder
 from ranker.schema import FeatureSpec
 from training.errors import DataError
 from training.kuairand import (
@@ -433,3 +434,24 @@ def test_undecodable_row_names_the_file(tmp_path: Path) -> None:
         f.write(b"1,10,20220422,900,1,1,0,0,0,0,0,0,5,5,0,0,0,1,\xff\xfe\n")
     with pytest.raises(DataError, match=r"log_random_4_22_to_5_08_pure\.csv: cannot parse CSV"):
         import_kuairand(src, tmp_path / "out")
+
+
+def test_tables_are_sized_to_the_imported_values(clean: tuple[ImportReport, pa.Table]) -> None:
+    report, table = clean
+    spec = FeatureSpec.load(report.spec_path)
+    reasons = spec.extra["bucket_sizing"]
+    encoded = FeatureEncoder(spec).encode(
+        {name: table[name] for name in spec.names}, table.num_rows
+    )
+    cat_columns = {g: spec.select(g, "categorical") for g in ("user", "item")}
+    for group, features in cat_columns.items():
+        for j, feature in enumerate(features):
+            values = table[feature.name].to_pylist()
+            distinct = len(set(values))  # None (missing) is a value: it takes the default's row
+            assert reasons[feature.name].startswith(f"{len(set(values) | {None})} values seen")
+            assert feature.buckets < 1024  # sized to the data, not to KuaiRand-27K's millions
+            rows = encoded[f"{group}_cat"][:, j]
+            assert len(np.unique(rows)) == distinct, f"{feature.name}: two values share a row"
+    tags = {t for ts in table["tag"].to_pylist() if ts for t in ts}
+    tag_rows = encoded["item_multi"]
+    assert len(np.unique(tag_rows[tag_rows > 0])) == len(tags)

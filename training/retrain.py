@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import redis
 import yaml
 
@@ -40,8 +41,10 @@ from serving.experiments import (
 )
 from serving.settings import Settings
 from training.config import ConfigError
+from training.data import EncodedData
 from training.gate import Decision, decide
 from training.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
+from training.paired_bootstrap import Replicates, paired_bootstrap
 from training.retrain_config import RetrainConfig, RolloutConfig, candidate_config
 from training.retrain_report import Outcome, render, write_report
 
@@ -91,14 +94,13 @@ def load_current(store: ExperimentStore) -> ExperimentConfig | None:
     return store.load()
 
 
-def production_metrics(
+def production_predictions(
     config: RetrainConfig, ref: ModelRef, gate_day: str
-) -> tuple[Manifest, dict[str, dict[str, float]]]:
-    """Production's metrics on the gate day: its published ONNX through ONNX Runtime, fed by its
-    own fitted feature spec, exactly as the service scores it."""
+) -> tuple[Manifest, dict[str, np.ndarray], EncodedData]:
+    """Production's per-row predictions on the gate day: its published ONNX through ONNX
+    Runtime, fed by its own fitted feature spec, exactly as the service scores it."""
     from ranker.features import FeatureEncoder
     from training.data import encode_log, read_log
-    from training.evaluate import evaluate_predictions
     from training.tune import onnx_predict
 
     version_dir = Path(config.registry) / ref.name / ref.version
@@ -108,7 +110,38 @@ def production_metrics(
         list(config.data.paths), spec, drop_invalid=config.train.data.drop_invalid
     ).filter_days([gate_day])
     data = encode_log(day_log, FeatureEncoder(spec))
-    return manifest, evaluate_predictions(onnx_predict(version_dir, manifest, data), data)
+    return manifest, onnx_predict(version_dir, manifest, data), data
+
+
+def gate_intervals(
+    config: RetrainConfig,
+    candidate: dict[str, np.ndarray],
+    cand_data: EncodedData,
+    production: dict[str, np.ndarray],
+    prod_data: EncodedData,
+) -> dict[str, Replicates]:
+    """Paired bootstrap over the gate day's requests. Both encodings read the same rows of the
+    same files; a mismatch (a log that changed between the reads) stops the run."""
+    same = np.array_equal(cand_data.request_id, prod_data.request_id) and all(
+        np.array_equal(cand_data.labels[t], prod_data.labels[t])
+        for t in cand_data.labels
+        if t in prod_data.labels
+    )
+    if not same:
+        raise RetrainError(
+            "the gate day's rows differ between the candidate's and production's reads"
+        )
+    gate = config.gate
+    return paired_bootstrap(
+        cand_data.labels,
+        candidate,
+        {t: v for t, v in production.items() if t in cand_data.labels},
+        cand_data.request_id,
+        cand_data.user_id,
+        gate.keys(),
+        replicates=gate.bootstrap,
+        seed=gate.seed,
+    )
 
 
 def rolled_out(
@@ -188,7 +221,8 @@ def run_once(config: RetrainConfig) -> Outcome:
 
 
 def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
-    from training.trainer import Trainer, prepare_data
+    from training.evaluate import evaluate_predictions, predict
+    from training.trainer import BEST, Trainer, load_best, prepare_data
 
     store = open_store(config)
     try:
@@ -214,17 +248,29 @@ def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
         gate_day = split["test"][0]
         out.candidate_metrics = result["test"]
 
-        manifest = None
+        manifest, intervals = None, None
         if production is not None:
             log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
-            manifest, out.production_metrics = production_metrics(config, production, gate_day)
+            manifest, prod_preds, prod_data = production_predictions(config, production, gate_day)
+            out.production_metrics = evaluate_predictions(prod_preds, prod_data)
             seen = manifest.data_window.get("train", []) + manifest.data_window.get("valid", [])
             if gate_day in seen:
                 out.warnings.append(
                     f"production {production} was trained or validated on the gate day "
                     f"{gate_day}: the comparison favours it"
                 )
-        decision = decide(config.gate, result["test"], out.production_metrics)
+            # The candidate's torch model on the same rows (its export must then match ONNX
+            # Runtime within 1e-4 before it is published).
+            assert data.test is not None
+            cand_preds = predict(load_best(run_dir / BEST), data.test)
+            intervals = gate_intervals(config, cand_preds, data.test, prod_preds, prod_data)
+            out.gate_sample = {
+                "rows": data.test.rows,
+                "requests": len(np.unique(data.test.request_id)),
+                "bootstrap": config.gate.bootstrap,
+                "confidence": config.gate.confidence,
+            }
+        decision = decide(config.gate, result["test"], out.production_metrics, intervals)
         _record(out, decision)
         if not decision.publish:
             out.decision, out.exit_code = "keep", EXIT_OK

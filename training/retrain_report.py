@@ -30,6 +30,8 @@ class Outcome:
     candidate_metrics: dict[str, Any] | None = None
     production_metrics: dict[str, Any] | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # The gate's sample: rows and requests of the gate day, bootstrap replicates, confidence.
+    gate_sample: dict[str, Any] = field(default_factory=dict)
     rollout: str = ""
     experiments: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -92,28 +94,43 @@ def render(out: Outcome) -> str:
         )
     lines.extend(f"- warning: {w}" for w in out.warnings)
     if out.checks:
+        sample = out.gate_sample
+        level = f"{sample['confidence']:.0%} " if sample else ""
         lines += [
             "",
             "## Gate",
             "",
-            "| metric | role | candidate | production | change | limit | pass |",
-            "|---|---|---|---|---|---|---|",
+            f"| metric | role | candidate | production | change | {level}interval | limit | pass |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in out.checks:
             # Primary: absolute, in the metric's unit; guards: relative, in percent.
             shown = "{:+.4g}" if c["role"] == "primary" else "{:+.2%}"
             change = "-" if c["change"] is None else shown.format(c["change"])
+            interval = (
+                "-"
+                if c["low"] is None or c["high"] is None
+                else f"[{shown.format(c['low'])}, {shown.format(c['high'])}]"
+            )
             limit = f"{c['limit']:g}" if c["role"] == "primary" else f"{c['limit']:.2%}"
             lines.append(
                 f"| {c['metric']} | {c['role']} | {_fmt(c['candidate'])} | {_fmt(c['production'])} "
-                f"| {change} | {limit} | {'yes' if c['passed'] else 'NO'} |"
+                f"| {change} | {interval} | {limit} | {'yes' if c['passed'] else 'NO'} |"
             )
         lines.append("")
+        if sample:
+            lines.append(
+                f"Intervals: paired bootstrap over the gate day's {sample['requests']} requests "
+                f"({sample['rows']} rows), {sample['bootstrap']} resamples, two-sided "
+                f"{sample['confidence']:.0%}. "
+            )
         lines.append(
-            "Primary change: absolute improvement in the metric's direction (needs >= limit); "
-            "guard change: relative degradation (positive = worse; needs <= limit). The candidate is scored with PyTorch (its export "
-            "must match ONNX Runtime within 1e-4), production with its published ONNX model "
-            "through ONNX Runtime, as served."
+            "Primary change: absolute improvement in the metric's direction; it passes when the "
+            "interval's lower bound exceeds the limit. Guard change: relative degradation "
+            "(positive = worse); it refuses when the interval's lower bound exceeds the "
+            "tolerance (worse beyond it with confidence). The candidate is scored with its "
+            "PyTorch model (its export must match ONNX Runtime within 1e-4), production with its "
+            "published ONNX model through ONNX Runtime, as served, on the same rows."
         )
     if out.candidate_metrics:
         lines += ["", "## All metrics on the gate day", ""]

@@ -9,8 +9,20 @@ Tasks, in the fixed output order of every model and manifest:
   expm1(raw) clamped to >= 0 (a geometric-mean-like estimate, robust to the tail).
   `mse`: the raw output is seconds, MSE against the label in seconds (losses ~100-1000x larger than
   BCE: the loss-scale disparity balancers are meant to handle); output the raw value clamped to >= 0.
+  `ziln`: zero-inflated log-normal (Wang, Liu & Miao, 2019, "A Deep Probabilistic Model for Customer
+  Lifetime Value Prediction"). Three raw outputs: the logit of P(W > 0), mu and sigma of log W given
+  W > 0. Loss: BCE on W > 0 plus the log-normal negative log-likelihood of the positive rows, per
+  impression (on the scale of the click BCE); output P(W > 0) * exp(mu + sigma^2 / 2), the mean of
+  the fitted distribution: E[watch seconds] when log W given W > 0 is close to normal. When it is
+  not (many short views give log W a heavy left tail, as in the simulator), sigma grows and the
+  mean overshoots: 1.9x the label mean on a simulated log.
+  `zi_gamma`: two raw outputs, the logit of P(W > 0) and m = log E[W | W > 0]. Loss: BCE on W > 0
+  plus the Gamma deviance of the positive rows around exp(m) (scale-free, >= 0, on the scale of the
+  click BCE), whose minimiser is the conditional mean whatever the distribution's shape; output
+  P(W > 0) * exp(m) = E[watch seconds]. The recommended watch-time loss.
 - `completion`: min(watch_time / duration, 1) in [0, 1]. BCE on the logit with soft labels (a bounded
-  regression); output: sigmoid, in [0, 1].
+  regression; a proper scoring rule for the mean, so its minimiser is E[completion]); output:
+  sigmoid, in [0, 1].
 
 Unclicked impressions carry watch_time 0 and completion 0: both regressions predict the expectation
 over all impressions, not conditional on a click. The torch side (`ranker.models.losses`) implements
@@ -37,9 +49,11 @@ TASK_KINDS: dict[str, TaskKind] = {
 # Valid losses per task; the first is the default.
 TASK_LOSSES: dict[str, tuple[str, ...]] = {
     "click": ("bce",),
-    "watch_time": ("log_mse", "mse"),
+    "watch_time": ("log_mse", "mse", "ziln", "zi_gamma"),
     "completion": ("bce",),
 }
+# Raw outputs per row of a loss (what the tower emits); losses not listed have one.
+LOSS_WIDTHS: dict[str, int] = {"ziln": 3, "zi_gamma": 2}
 
 
 class TaskError(ValueError):
@@ -60,6 +74,11 @@ class Task:
     def is_regression(self) -> bool:
         """True for real-valued labels (watch_time, completion): evaluated by error, not AUC."""
         return self.kind != "binary"
+
+    @property
+    def raw_width(self) -> int:
+        """Raw outputs per row the model emits for this task: [N] when 1, [N, width] otherwise."""
+        return LOSS_WIDTHS.get(self.loss, 1)
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "loss": self.loss}

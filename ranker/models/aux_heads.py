@@ -42,37 +42,43 @@ class AuxConfig:
 
 
 class PoolHead(nn.Module):
-    """[N, in_dim] -> mean of each group of `size` consecutive units [N, G] -> dense -> [N]."""
+    """[N, in_dim] -> mean of each group of `size` consecutive units [N, G] -> dense -> [N] (or
+    [N, width] for a task with several raw outputs)."""
 
     pool: Tensor  # [in_dim, groups] averaging matrix
 
-    def __init__(self, in_dim: int, size: int) -> None:
+    def __init__(self, in_dim: int, size: int, width: int = 1) -> None:
         super().__init__()
         groups = -(-in_dim // size)
         member = torch.arange(in_dim) // size
         pool = torch.zeros(in_dim, groups)
         pool[torch.arange(in_dim), member] = 1.0
         self.register_buffer("pool", pool / pool.sum(dim=0))
-        self.out = nn.Linear(groups, 1)
+        self.out = nn.Linear(groups, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(x @ self.pool).squeeze(-1)
+        out = self.out(x @ self.pool)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
 class _Squeeze(nn.Module):
+    """Drops a last axis of size 1, so a one-output head gives [N] like its tower."""
+
     def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(x).squeeze(-1)
+        out = self.head(x)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
-def make_aux_head(in_dim: int, config: AuxConfig) -> nn.Module:
-    """A head of the configured form: [N, in_dim] -> raw output [N]."""
+def make_aux_head(in_dim: int, config: AuxConfig, width: int = 1) -> nn.Module:
+    """A head of the configured form: [N, in_dim] -> raw output [N], or [N, width] when the task's
+    loss reads several raw outputs (its tower's width)."""
     if config.form == "pool":
-        return PoolHead(in_dim, config.pool_size)
+        return PoolHead(in_dim, config.pool_size, width)
     if config.form == "bottleneck":
         u = config.bottleneck_units
-        return _Squeeze(nn.Sequential(nn.Linear(in_dim, u), nn.ReLU(), nn.Linear(u, 1)))
-    return _Squeeze(nn.Linear(in_dim, 1))
+        return _Squeeze(nn.Sequential(nn.Linear(in_dim, u), nn.ReLU(), nn.Linear(u, width)))
+    return _Squeeze(nn.Linear(in_dim, width))

@@ -111,7 +111,10 @@ class MultiTaskModel(nn.Module):
 
     def _make_towers(self, in_dim: int) -> None:
         c = self.config
-        self.towers = TaskTowers(self.task_names, in_dim, c.tower_units, c.dropout, dict(c.feeds))
+        widths = {t.name: t.raw_width for t in self.tasks}
+        self.towers = TaskTowers(
+            self.task_names, in_dim, c.tower_units, c.dropout, dict(c.feeds), widths
+        )
 
     def body(self, user: Tensor, item: Tensor) -> Body:
         """user [B_u, d_user] (B_u in {1, N}), item [N, d_item] -> Body."""

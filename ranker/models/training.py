@@ -56,7 +56,9 @@ class MultiTaskTrainingModel(nn.Module):
                     f"aux heads for unknown tasks {unknown}; tasks: {model.task_names}"
                 )
             for t in names:
-                self.aux_heads[t] = make_aux_head(model.towers.in_dim(t), aux)
+                self.aux_heads[t] = make_aux_head(
+                    model.towers.in_dim(t), aux, model.towers.width(t)
+                )
         self.gate_usage: dict[str, Tensor] = {}
 
     @property

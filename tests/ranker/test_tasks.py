@@ -35,7 +35,7 @@ def test_build_tasks_subset_and_loss_option() -> None:
         (["completion", "click"], None, "output order"),
         (["click", "click"], None, "twice"),
         ([], None, "at least one"),
-        (None, {"watch_time": "huber"}, "valid: ['log_mse', 'mse']"),
+        (None, {"watch_time": "huber"}, "valid: ['log_mse', 'mse', 'ziln', 'zi_gamma']"),
         (["click"], {"watch_time": "mse"}, "not in the task list"),
     ],
 )

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ranker.models import AUX_FORMS, AuxConfig, MultiTaskTrainingModel, build_model
+from ranker.tasks import build_tasks
 
 CONFIG = {
     "embedding_dim": 8,
@@ -108,3 +109,20 @@ def test_a_few_steps_reduce_the_loss(spec, make_inputs) -> None:
         wrapper(x, y).losses.sum().backward()
         opt.step()
     assert wrapper(x, y).losses.sum().item() < 0.5 * first
+
+
+@pytest.mark.parametrize("form", AUX_FORMS)
+def test_ziln_task_tower_aux_head_and_feed_have_its_width(form: str, spec, make_inputs) -> None:
+    tasks = build_tasks(losses={"watch_time": "ziln"})
+    config = {**CONFIG, "feeds": {"completion": "watch_time"}}
+    model = build_model("mmoe", spec, tasks, config)
+    wrapper = MultiTaskTrainingModel(model, AuxConfig(form=form, pool_size=3))
+    step = wrapper(make_inputs(spec, 1, 10), _labels(10))
+    assert step.raw["watch_time"].shape == (10, 3)
+    assert step.raw["click"].shape == step.raw["completion"].shape == (10,)
+    # completion's tower reads watch_time's three raw outputs, detached.
+    parts = model.forward_parts(make_inputs(spec, 1, 10))
+    torch.testing.assert_close(parts.tower_inputs["completion"][:, -3:], parts.raw["watch_time"])
+    assert torch.isfinite(step.losses).all() and (step.aux_losses >= 0).all()
+    model.eval()
+    assert model(make_inputs(spec, 1, 10))["watch_time"].shape == (10,)

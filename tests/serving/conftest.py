@@ -267,10 +267,11 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 @contextmanager
 def server_process(
-    settings: Settings, tmp_path: Path, **env: str
+    settings: Settings, tmp_path: Path, wait_for_path: str = "/readyz", **env: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m serving.server` configured through RANKER_* variables (the settings' registry,
-    experiments file and impression log, plus `env`), ready on 127.0.0.1 until SIGTERM on exit."""
+    experiments file and impression log, plus `env`), on 127.0.0.1 until SIGTERM on exit; yields
+    once `wait_for_path` answers 200 (`/livez` for a server that is up but not ready)."""
     port = free_port()
     variables = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RANKER_")},
@@ -293,7 +294,7 @@ def server_process(
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{wait_for_path}", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -80,6 +80,7 @@ def tiny_overrides(log: Path, run_dir: Path, *extra: str) -> list[str]:
         "model.config.expert_units=[16]",
         "model.config.tower_units=[8]",
         "model.config.embedding_dim=4",
+        "aux.bottleneck_units=4",  # a self-aux head must be smaller than its tower
         *extra,
     ]
 

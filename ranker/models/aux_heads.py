@@ -41,6 +41,23 @@ class AuxConfig:
             object.__setattr__(self, "tasks", tuple(self.tasks))
 
 
+def check_smaller_than_tower(task: str, form: str, head: nn.Module, tower: nn.Module) -> None:
+    """Refuse a head with as many parameters as its tower or more.
+
+    The paper's heads regularise because they are under-parameterised: to serve a small head the
+    shared layers must carry the task in a simpler, more linearly readable form. A head as large
+    as its tower asks no more of them than the tower does.
+    """
+    head_params = sum(p.numel() for p in head.parameters())
+    tower_params = sum(p.numel() for p in tower.parameters())
+    if head_params >= tower_params:
+        raise ValueError(
+            f"the {form} aux head of task {task!r} has {head_params} parameters, not fewer than "
+            f"its tower's {tower_params}: a self-auxiliary head must be smaller than its tower "
+            "(use a smaller form, fewer bottleneck_units or a larger pool_size)"
+        )
+
+
 class PoolHead(nn.Module):
     """[N, in_dim] -> mean of each group of `size` consecutive units [N, G] -> dense -> [N] (or
     [N, width] for a task with several raw outputs)."""

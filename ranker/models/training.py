@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ranker.models.aux_heads import AuxConfig, make_aux_head
+from ranker.models.aux_heads import AuxConfig, check_smaller_than_tower, make_aux_head
 from ranker.models.base import MultiTaskModel
 from ranker.models.losses import task_loss
 
@@ -59,6 +59,8 @@ class MultiTaskTrainingModel(nn.Module):
                 self.aux_heads[t] = make_aux_head(
                     model.towers.in_dim(t), aux, model.towers.width(t)
                 )
+            for t, head in self.aux_heads.items():
+                check_smaller_than_tower(t, aux.form, head, model.towers.towers[t])
         self.gate_usage: dict[str, Tensor] = {}
 
     @property

@@ -26,7 +26,13 @@ SMALL = ["model.config.expert_units=[16]", "model.config.tower_units=[8]"]
 RUNS: dict[str, list[str]] = {
     "mmoe": ["model.kind=mmoe", "model.config.num_experts=2", *SMALL],
     # Trained with self-auxiliary heads: the export must not carry them.
-    "ple": ["model.kind=ple", "model.config.num_levels=2", "aux.form=bottleneck", *SMALL],
+    "ple": [
+        "model.kind=ple",
+        "model.config.num_levels=2",
+        "aux.form=bottleneck",
+        "aux.bottleneck_units=4",  # smaller than the [8] tower on 16 inputs, as it must be
+        *SMALL,
+    ],
 }
 
 

@@ -8,7 +8,7 @@ CONFIG = {
     "embedding_dim": 8,
     "num_experts": 3,
     "expert_units": [16, 8],
-    "tower_units": [8],
+    "tower_units": [16],  # larger than a bottleneck head of 8 units on 8 inputs
     "feeds": {"completion": "click"},
 }
 

@@ -1,5 +1,9 @@
 """Loss balancing for multi-task training: one method per module, a registry and a builder.
 
+Scale-free under one task's rescaling (loss and gradient by s): `emtl`, `imtl_g`, `nash_mtl`,
+`famo` and `mgda` with `normalise: true`; tests/ranker/balancing/test_properties.py says why the
+others are not.
+
 balancer = build_balancer("emtl", num_tasks=3, params={"rho": 0.1})
 weights = balanced_backward(losses, balancer, step, shared_params=model.experts.parameters())
 """

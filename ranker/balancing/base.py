@@ -18,7 +18,9 @@ class Balancer(nn.Module):
     """Maps task losses [K] (and, for gradient-based methods, the Gramian [K, K]) to weights [K].
 
     Weights are on the scale of equal weighting (EW: all ones, sum K) unless a method defines its
-    own scale (`static`, `uw`, `pcgrad`, `cagrad`), so one learning rate suits every method. All
+    own scale (`static`, `uw`, `pcgrad`, `cagrad`, `nash_mtl`), so one learning rate suits every
+    method. The scale-free methods (`emtl`, `imtl_g`, `mgda` with `normalise`) return
+    K m_i / ||g_i||: EW's scale on unit gradients, so no task's loss scale reaches the update. All
     state lives in buffers and parameters, so `state_dict()` checkpoints it. Keep the balancer on
     the device of the losses: moving tensors between devices every step forces a synchronisation.
     """

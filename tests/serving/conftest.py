@@ -27,13 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ranker.registry import MODEL_FILE, load_manifest, publish
 from serving.app import create_app
-from serving.experiments import DEFAULT_FILE
 from serving.service import Service
 from serving.settings import Settings
 from tests.conftest import REDIS_URL
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# A 50/50 layer `weights` (control | watch_heavy); the packaged default has experiments off.
+AB_FILE = Path(__file__).parents[1] / "fixtures" / "experiments_ab.yaml"
 USER_FEATURES = (
     "user_id",
     "user_active_degree",
@@ -139,9 +140,9 @@ def body(log_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(registry: Path, tmp_path: Path) -> Settings:
-    """File store on a writable copy of the default config; JSONL impressions; fast polling."""
+    """File store on a writable copy of the A/B test config; JSONL impressions; fast polling."""
     experiments = tmp_path / "experiments.yaml"
-    shutil.copy(DEFAULT_FILE, experiments)
+    shutil.copy(AB_FILE, experiments)
     return Settings(
         registry=registry,
         experiments_file=experiments,

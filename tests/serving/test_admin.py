@@ -154,6 +154,16 @@ async def test_packaged_default_is_read_only(settings: Settings) -> None:
         assert served.service.manager.state.config.version == 1
 
 
+async def test_packaged_default_has_experiments_off(
+    settings: Settings, body: dict[str, Any]
+) -> None:
+    """One arm: no live test ships by default (the demo and the tests write their own)."""
+    async with serve(replace(settings, experiments_file=None)) as served:
+        assert served.service.manager.state.config.layers == ()
+        doc = (await served.client.post("/rank", json=body)).json()
+        assert doc["experiment"]["layers"] == [] and doc["model_version"] == "ranker/v0002"
+
+
 async def test_reload_picks_up_a_new_publish(settings: Settings, body: dict[str, Any]) -> None:
     async with serve(replace(settings, poll_interval_s=60)) as served:
         before = (await served.client.post("/rank", json=body)).json()["model_version"]

@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from ranker.experiments import ExperimentConfig
-from serving.experiments import DEFAULT_FILE
+from tests.serving.conftest import AB_FILE
 from training.ab_inputs import redis_lines
 from training.ab_report import ab_report
 from training.ab_stats import chi2_sf, ratio, relative_lift, srm_test
 from training.cli import main
 
-CONFIG = ExperimentConfig.parse(DEFAULT_FILE.read_bytes())  # layer `weights`: control | watch_heavy
+CONFIG = ExperimentConfig.parse(AB_FILE.read_bytes())  # layer `weights`: control | watch_heavy
 
 
 def write_jsonl(path: Path, docs: list[dict[str, Any]]) -> Path:
@@ -72,7 +72,7 @@ def run(tmp_path: Path, records: list[dict], outcomes: list[dict], **kw: Any) ->
 
 def test_recovers_known_ctr_lift_on_20k_users(tmp_path: Path) -> None:
     records, outcomes = synthetic(tmp_path, 20_000, ctr_lift=0.10)
-    report = run(tmp_path, records, outcomes, experiments=DEFAULT_FILE)
+    report = run(tmp_path, records, outcomes, experiments=AB_FILE)
     assert report["layer"] == "weights" and report["control"] == "control"
     assert set(report["variants"]) == {"control", "watch_heavy"}
     ctr = report["lift"]["watch_heavy"]["ctr"]
@@ -129,7 +129,7 @@ def test_chi2_survival_function() -> None:
 def test_srm_flagged_on_55_45_split_of_configured_50_50(tmp_path: Path) -> None:
     forced = ["control"] * 1100 + ["watch_heavy"] * 900
     records, outcomes = synthetic(tmp_path, 2000, ctr_lift=0.0, forced=forced)
-    report = run(tmp_path, records, outcomes, experiments=DEFAULT_FILE)
+    report = run(tmp_path, records, outcomes, experiments=AB_FILE)
     srm = report["srm"]
     assert srm["users"] == {"control": 1100, "watch_heavy": 900}
     assert srm["expected_share"] == {"control": 0.5, "watch_heavy": 0.5}
@@ -139,7 +139,7 @@ def test_srm_flagged_on_55_45_split_of_configured_50_50(tmp_path: Path) -> None:
 
 def test_srm_not_flagged_on_a_fair_split(tmp_path: Path) -> None:
     records, outcomes = synthetic(tmp_path, 2000, ctr_lift=0.0)
-    for experiments in (DEFAULT_FILE, None):  # configured 50/50, or equal split assumed
+    for experiments in (AB_FILE, None):  # configured 50/50, or equal split assumed
         report = run(tmp_path, records, outcomes, experiments=experiments)
         assert not report["srm"]["flagged"] and report["srm"]["p_value"] > 0.001
 
@@ -213,7 +213,7 @@ def test_unknown_control_and_missing_file_are_clear_errors(
     args = ["ab-report", "--impressions", str(imp), "--outcomes", str(out), "--out", str(tmp_path)]
     assert main([*args, "--control", "nope"]) == 2
     assert "control 'nope' is not a variant" in capsys.readouterr().err
-    assert main([*args, "--layer", "models", "--experiments", str(DEFAULT_FILE)]) == 2
+    assert main([*args, "--layer", "models", "--experiments", str(AB_FILE)]) == 2
     assert "no layer 'models'" in capsys.readouterr().err
     assert main([*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err

@@ -19,9 +19,8 @@ import uvicorn
 
 from ranker.schema import load_default_spec
 from serving.app import create_app
-from serving.experiments import DEFAULT_FILE
 from serving.settings import Settings
-from tests.serving.conftest import free_port
+from tests.serving.conftest import AB_FILE, free_port
 from tests.training.conftest import TINY
 from training.cli import main
 from training.data import read_log
@@ -58,7 +57,7 @@ class Running:
 @pytest.fixture
 def service(tiny_model: Path, tmp_path: Path) -> Iterator[Running]:
     experiments = tmp_path / "experiments.yaml"
-    shutil.copy(DEFAULT_FILE, experiments)
+    shutil.copy(AB_FILE, experiments)
     settings = Settings(
         registry=tiny_model.parent.parent,
         experiments_file=experiments,
@@ -116,11 +115,11 @@ def test_closed_loop_outcomes_join_the_impression_log(service: Running, tmp_path
     assert log.days() == ["2026-01-05"] and log.rows == len(outcomes) and log.has_oracle
     table = pq.read_table(next(log_dir.glob("day=2026-01-05/part-traffic-0.parquet")))
     assert table["click"].to_numpy().sum() == clicks.sum()
-    # ab-report over the run: both arms of the default 50/50 layer, every row joined.
+    # ab-report over the run: both arms of the test config's 50/50 layer, every row joined.
     report_dir = tmp_path / "report"
     assert main(["ab-report", "--impressions", str(service.impressions), "--outcomes",
                  str(out / "outcomes.jsonl"), "--out", str(report_dir), "--experiments",
-                 str(DEFAULT_FILE)]) == 0  # fmt: skip
+                 str(AB_FILE)]) == 0  # fmt: skip
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["variants"]) == {"control", "watch_heavy"} and report["layer"] == "weights"
     assert report["join"]["matched"] == len(outcomes)

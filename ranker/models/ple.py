@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ranker.models.base import Body, ModelConfig, MultiTaskModel
+from ranker.models.interactions import check_interactions, make_interactions
 from ranker.models.layers import Experts, SplitLinear, softmax_gate
 from ranker.schema import FeatureSpec
 from ranker.tasks import Task
@@ -26,6 +27,13 @@ class PLEConfig(ModelConfig):
     expert_units: tuple[int, ...] = (128, 64)
     # Probability of hiding an expert from a gate, per row and gate (training only).
     expert_dropout: float = 0.0
+    # Explicit user x item interactions fed to the first level with the inputs: `none`, or `dot`
+    # (pairwise dot products of user-side and item-side field embeddings, FM / DLRM style).
+    interactions: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_interactions(self.interactions)
 
 
 class CGC(nn.Module):
@@ -34,7 +42,8 @@ class CGC(nn.Module):
     Task experts (k per task, batched as K * k) and shared experts (s, batched) -> task k's gate
     mixes its own k experts and the s shared ones; except on the last level a shared gate mixes all
     experts into the next level's shared input.
-    First level: every gate and expert reads the split input (user [B_u, d_u], item [N, d_i]).
+    First level: every gate and expert reads the split input (user [B_u, d_u], item [N, d_i] and,
+    with interactions, the dot products [N, P]).
     Later levels: inputs are K task vectors [K, N, H] and a shared vector [N, H].
     Returns task outputs [K, N, H], the shared output [N, H] (None on the last level), the shared
     experts' outputs [s, N, H] and gate weights.
@@ -108,17 +117,23 @@ class PLE(MultiTaskModel):
 
     def __init__(self, spec: FeatureSpec, tasks: Sequence[Task], config: PLEConfig) -> None:
         super().__init__(spec, tasks, config)
+        self.interactions = make_interactions(config.interactions, self.inputs)
+        dims: tuple[int, ...] = self.inputs.out_dims
+        if self.interactions is not None:
+            dims = (*dims, self.interactions.out_dim)
         n = config.num_levels
         width = config.expert_units[-1]
         self.levels = nn.ModuleList(
-            CGC(len(self.tasks), self.inputs.out_dims if i == 0 else width, config, i == n - 1)
-            for i in range(n)
+            CGC(len(self.tasks), dims if i == 0 else width, config, i == n - 1) for i in range(n)
         )
         self._make_towers(width)
 
     def body(self, user: Tensor, item: Tensor) -> Body:
-        task_in: Sequence[Tensor] | Tensor = (user, item)  # later levels: [K, N, H]
-        shared_in: Sequence[Tensor] = (user, item)  # later levels: ([N, H],)
+        parts: tuple[Tensor, ...] = (user, item)
+        if self.interactions is not None:
+            parts = (user, item, self.interactions(user, item))  # + [N, F_u * F_i]
+        task_in: Sequence[Tensor] | Tensor = parts  # later levels: [K, N, H]
+        shared_in: Sequence[Tensor] = parts  # later levels: ([N, H],)
         gates: dict[str, Tensor] = {}
         for i, level in enumerate(self.levels):
             task_in, shared_out, shared_experts, weights = level(task_in, shared_in)

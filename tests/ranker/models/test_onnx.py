@@ -13,16 +13,19 @@ from ranker.tasks import build_tasks
 CONFIGS = {
     "mmoe": {"num_experts": 4, "expert_units": [32, 16], "feeds": {"completion": "click"}},
     "ple": {"num_levels": 2, "expert_units": [32, 16], "feeds": {"completion": "click"}},
+    "mmoe+dot": {"num_experts": 4, "expert_units": [32, 16], "interactions": "dot"},
+    "ple+dot": {"num_levels": 2, "expert_units": [32, 16], "interactions": "dot"},
 }
-# Per-kind task losses; ZILN's three raw outputs still export as one watch_time output in seconds.
-LOSSES = {"ple": {"watch_time": "ziln"}}
+# Per-variant task losses; several raw outputs still export as one watch_time output in seconds.
+LOSSES = {"ple": {"watch_time": "ziln"}, "mmoe+dot": {"watch_time": "zi_gamma"}}
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # pytree deprecation inside torch.export
-@pytest.mark.parametrize("kind", sorted(CONFIGS))
-def test_onnx_matches_torch(kind: str, spec, make_inputs, tmp_path: Path) -> None:
-    tasks = build_tasks(losses=LOSSES.get(kind))
-    model = build_model(kind, spec, tasks, config={"embedding_dim": 8, **CONFIGS[kind]}).eval()
+@pytest.mark.parametrize("variant", sorted(CONFIGS))
+def test_onnx_matches_torch(variant: str, spec, make_inputs, tmp_path: Path) -> None:
+    tasks = build_tasks(losses=LOSSES.get(variant))
+    config = {"embedding_dim": 8, **CONFIGS[variant]}
+    model = build_model(variant.split("+")[0], spec, tasks, config).eval()
     example = make_inputs(spec, 1, 5)
     n = torch.export.Dim("n")  # candidates; user inputs keep batch 1
     dynamic = {k: ({0: n} if k.startswith("item_") else None) for k in example}

@@ -48,7 +48,7 @@ class MMoE(MultiTaskModel):
     def __init__(self, spec: FeatureSpec, tasks: Sequence[Task], config: MMoEConfig) -> None:
         super().__init__(spec, tasks, config)
         self.interactions = make_interactions(config.interactions, self.inputs)
-        dims = self.inputs.out_dims
+        dims: tuple[int, ...] = self.inputs.out_dims
         if self.interactions is not None:
             dims = (*dims, self.interactions.out_dim)
         self.experts = Experts(config.num_experts, dims, config.expert_units, config.dropout)
@@ -56,7 +56,7 @@ class MMoE(MultiTaskModel):
         self._make_towers(self.experts.out_dim)
 
     def body(self, user: Tensor, item: Tensor) -> Body:
-        parts = (user, item)
+        parts: tuple[Tensor, ...] = (user, item)
         if self.interactions is not None:
             parts = (user, item, self.interactions(user, item))  # + [N, F_u * F_i]
         experts = self.experts(parts)  # [E, N, H]

@@ -1,18 +1,25 @@
-"""Service settings: one frozen dataclass, filled from `RANKER_*` environment variables.
+"""Service settings: one frozen, validated dataclass, filled from `RANKER_*` environment variables.
 
-`Settings.from_env()` reads the environment (no pydantic-settings needed); `check()` refuses
-unsafe or contradictory values with a message naming the variable, and returns warnings that are
-worth logging but not fatal (e.g. a public bind address).
+`Settings.from_env()` reads them with pydantic-settings: `RANKER_<FIELD>` variables first, then
+files named like them in a secrets directory (`RANKER_SECRETS_DIR`, default /run/secrets when it
+exists: Docker and Kubernetes secrets), and `RANKER_ADMIN_TOKEN_FILE` for the token alone. Types
+are checked by pydantic (errors name the variable); `check()` refuses unsafe or contradictory
+values, and returns warnings worth logging, among them every `RANKER_*` variable that is no
+setting (a misspelt `RANKER_REGISTY` would otherwise be ignored in silence).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ConfigDict, ValidationError, create_model, field_validator
+from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
@@ -25,7 +32,7 @@ class SettingsError(ValueError):
     """An invalid setting; the message names the environment variable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Settings:
     # development or production; production refuses weak admin tokens.
     environment: Environment = "development"
@@ -80,17 +87,56 @@ class Settings:
     # of them before a collection looks. Cyclic garbage lives a little longer, nothing more.
     gc_threshold: int = 50_000
 
+    @field_validator("redis_url", "experiments_file", "impression_log", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from `RANKER_<FIELD>` variables (e.g. RANKER_REDIS_URL), then `overrides`."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = PREFIX + f.name.upper()
-            if key in env:
-                values[f.name] = _convert(f.name, env[key], key)
-        settings = cls(**values)
-        return replace(settings, **overrides) if overrides else settings
+    def _none_text(cls, value: Any) -> Any:
+        """`none`, `null` or empty text switch an optional setting off (as in the variables)."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
+    @field_validator("providers", "warmup_counts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @classmethod
+    def from_env(cls, secrets_dir: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment (see the module docstring), then `overrides`."""
+        env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(PREFIX)}
+        if secrets_dir is None and env.get(PREFIX + "SECRETS_DIR"):
+            secrets_dir = Path(env[PREFIX + "SECRETS_DIR"])
+        if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
+            secrets_dir = DEFAULT_SECRETS_DIR
+        if secrets_dir is not None and not secrets_dir.is_dir():
+            raise SettingsError(f"{PREFIX}SECRETS_DIR: {secrets_dir} is not a directory")
+        values = _Sources(_secrets_dir=secrets_dir).model_dump(exclude_none=True)
+        values = {k: v if k == "admin_token" else v.strip() for k, v in values.items()}
+        token_file = env.get(PREFIX + "ADMIN_TOKEN_FILE")
+        if token_file:
+            if PREFIX + "ADMIN_TOKEN" in env:
+                raise SettingsError(
+                    f"{PREFIX}ADMIN_TOKEN and {PREFIX}ADMIN_TOKEN_FILE are both set; keep one"
+                )
+            try:
+                values["admin_token"] = Path(token_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsError(
+                    f"{PREFIX}ADMIN_TOKEN_FILE: cannot read {token_file}: {exc.strerror}"
+                ) from None
+        try:
+            settings = cls(**{**values, **overrides})
+        except ValidationError as exc:
+            raise _named(exc) from None
+        unknown = sorted(set(env) - KNOWN_VARIABLES)
+        object.__setattr__(settings, "_unknown_variables", tuple(unknown))
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with `changes` (dataclasses.replace works as well)."""
+        return replace(self, **changes)
 
     @property
     def experiments_key(self) -> str:
@@ -139,6 +185,12 @@ class Settings:
             raise SettingsError(
                 f"RANKER_WARMUP_COUNTS: {bad} outside 1..RANKER_MAX_CANDIDATES ({self.max_candidates})"
             )
+        for name in getattr(self, "_unknown_variables", ()):
+            # Compared without the prefix, which every name shares.
+            known = sorted(v.removeprefix(PREFIX) for v in KNOWN_VARIABLES)
+            close = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1)
+            hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+            warnings.append(f"{name} is not a setting and is ignored{hint}")
         if self.environment == "production" and self.redis_url is None:
             warnings.append("production without RANKER_REDIS_URL: experiments come from a file")
         if not _is_loopback(self.host) and self.admin_token is None:
@@ -157,35 +209,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-_NONE = {"", "none", "null"}
-_BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+def _named(error: ValidationError) -> SettingsError:
+    """pydantic's first complaint, naming the variable it came from."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    return SettingsError(f"{PREFIX}{name.upper()}: cannot read {first['input']!r}: {first['msg']}")
 
 
-def _convert(name: str, raw: str, key: str) -> Any:
-    """Environment text -> the field's type; errors name the variable."""
-    default = _DEFAULTS[name]
-    text = raw.strip()
-    try:
-        if name == "admin_token":
-            return raw  # kept verbatim so check() can refuse an empty one
-        if name in ("redis_url", "experiments_file", "impression_log"):
-            if text.lower() in _NONE:
-                return None
-            return text if name == "redis_url" else Path(text)
-        if isinstance(default, bool):
-            return _BOOL[text.lower()]
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, Path):
-            return Path(text)
-        if isinstance(default, tuple):
-            items = [t.strip() for t in text.split(",") if t.strip()]
-            return tuple(int(t) for t in items) if name == "warmup_counts" else tuple(items)
-        return text
-    except (KeyError, ValueError):
-        raise SettingsError(f"{key}: cannot read {raw!r} as {type(default).__name__}") from None
+# Variables read besides the fields: where the secrets are.
+META_VARIABLES = frozenset({PREFIX + "SECRETS_DIR", PREFIX + "ADMIN_TOKEN_FILE"})
+KNOWN_VARIABLES = frozenset(PREFIX + f.name.upper() for f in fields(Settings)) | META_VARIABLES
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
 
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+class _SourceConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, case_sensitive=False, extra="ignore")
+
+
+# pydantic-settings as the source only: every setting as raw text (None when not given), from the
+# environment, then the secrets directory; Settings itself parses and validates.
+_Sources = create_model(  # type: ignore[call-overload]
+    "_Sources", __base__=_SourceConfig, **{f.name: (str | None, None) for f in fields(Settings)}
+)

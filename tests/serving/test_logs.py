@@ -123,11 +123,14 @@ async def test_access_lines_can_be_switched_off(settings: Settings, body: dict[s
 def test_server_process_logs_json_only(
     settings: Settings, body: dict[str, Any], tmp_path: Path
 ) -> None:
-    with server_process(settings, tmp_path, RANKER_LOG_LEVEL="info") as (base, _):
+    env = {"RANKER_LOG_LEVEL": "info", "RANKER_REGISTY": "/typo"}
+    with server_process(settings, tmp_path, **env) as (base, _):
         response = httpx.post(f"{base}/rank", json={**body, "request_id": "r-proc"}, timeout=10)
         assert response.status_code == 200
     docs = lines_of((tmp_path / "server.out").read_text())  # uvicorn's own lines included
     assert any(d["logger"].startswith("uvicorn") for d in docs)
+    (typo,) = [d for d in docs if "RANKER_REGISTY" in d["message"]]  # a misspelt setting
+    assert typo["level"] == "warning" and "did you mean RANKER_REGISTRY?" in typo["message"]
     (line,) = access_lines(docs)
     assert line["request_id"] == "r-proc" and line["model_version"] == "ranker/v0002"
     assert line["variant"] == response.json()["experiment"]["label"]

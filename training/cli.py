@@ -156,6 +156,12 @@ def _retrain(args: argparse.Namespace) -> int:
         raise ValueError("--max-runs: needs --schedule and a count >= 1")
     schedule = parse_schedule(args.schedule) if args.schedule is not None else None
     config = load_retrain_config(args.config, args.overrides)
+    if args.cleanup:
+        if schedule is not None:
+            raise ValueError("--cleanup: runs once, not with --schedule")
+        from training.retrain import cleanup_command
+
+        return cleanup_command(config)
     with progress_to_stderr():
         if schedule is None:
             with interrupt_on_signals():
@@ -336,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='run on a cron schedule in UTC, e.g. "0 3 * * *" (a 6th field: seconds)',
     )
     rt.add_argument("--max-runs", type=int, help="with --schedule: stop after N runs")
+    rt.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only remove what a killed run left (every run does this first) and exit",
+    )
     rt.add_argument(
         "overrides",
         nargs="*",

@@ -45,6 +45,7 @@ from training.data import EncodedData
 from training.gate import Decision, decide
 from training.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
 from training.paired_bootstrap import Replicates, paired_bootstrap
+from training.retrain_cleanup import begin_publish, cleanup, end_publish
 from training.retrain_config import RetrainConfig, RolloutConfig, candidate_config
 from training.retrain_report import Outcome, render, write_report
 
@@ -231,6 +232,9 @@ def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
         out.experiments["version_before"] = current.version if current else None
         production = current.default_model if current else None
         out.production = str(production) if production else None
+        out.cleanup = cleanup(config.registry, config.model_name, current).lines()
+        for line in out.cleanup:
+            log.info("retrain %s: cleanup: %s", out.run_id, line)
         if current is not None and config.rollout.mode == "treatment":
             _refuse_latest(store)
 
@@ -315,10 +319,13 @@ def _publish(
             f"production changed during the run ({out.production} -> {before}); not publishing"
         )
     lock.check()
+    latest = _pin_latest(store, latest, out)
     parent = None
     if production is not None:
         same = production.name == config.model_name
         parent = production.version if same else f"{production.name}/{production.version}"
+    # From here to the config save a kill leaves debris; the journal lets the next run remove it.
+    begin_publish(config.registry, config.model_name, out.run_id)
     manifest = export_run(run_dir, config.registry, config.model_name, parent=parent)
     out.published, out.decision = manifest.version, "publish"
     log.info("retrain %s: published %s/%s", out.run_id, manifest.name, manifest.version)
@@ -342,11 +349,31 @@ def _publish(
         out.reason += (
             f"; {manifest.version} is published but the experiment config was NOT updated "
             f"({type(exc).__name__}: {exc}). Serving keeps the versions the config names, so "
-            "the new version is unused: point the config at it by hand or rerun"
+            "the new version is unused: point the config at it by hand, or the next run removes it"
         )
         return
+    end_publish(config.registry, config.model_name)
     out.experiments["version_after"] = stored.version
     out.exit_code = EXIT_OK
+
+
+def _pin_latest(
+    store: ExperimentStore, current: ExperimentConfig | None, out: Outcome
+) -> ExperimentConfig | None:
+    """A file config naming `latest` would serve a new version as soon as it is exported, before
+    the config names it (and for good if the run dies there): store it resolved first."""
+    if current is None or not isinstance(store, FileStore):
+        return current
+    names = latest_names(yaml.safe_load(store.path.read_text()))
+    if not names:
+        return current
+    pinned = store.save(current, expected_version=current.version)
+    out.warnings.append(
+        f"{store.path} named version 'latest' of {names}; pinned to "
+        f"{[str(r) for r in current.model_refs()]} (config version {pinned.version}) before "
+        "publishing, so a version is served only once the config names it"
+    )
+    return pinned
 
 
 def _prune_runs(runs_dir: Path, keep: int | None) -> None:
@@ -372,6 +399,30 @@ def progress_to_stderr() -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+
+
+def cleanup_command(config: RetrainConfig) -> int:
+    """`ranker retrain --cleanup`: only the start-of-run cleanup, under the run lock."""
+    try:
+        lock = open_lock(config)
+        lock.acquire()
+    except LockedError as exc:
+        print(f"ranker retrain: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    try:
+        store = open_store(config)
+        try:
+            done = cleanup(config.registry, config.model_name, load_current(store))
+        finally:
+            store.close()
+    except (StoreError, redis.RedisError, ExperimentError, OSError) as exc:
+        print(f"ranker retrain --cleanup: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        lock.release()
+    for line in done.lines() or ["nothing to clean up"]:
+        print(f"cleanup: {line}")
+    return EXIT_OK
 
 
 def run_command(config: RetrainConfig) -> int:

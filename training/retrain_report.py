@@ -35,6 +35,8 @@ class Outcome:
     rollout: str = ""
     experiments: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # What the start-of-run cleanup removed or found (debris of killed runs).
+    cleanup: list[str] = field(default_factory=list)
     seconds: float = 0.0
     # The effective retrain config (after environment and overrides).
     config: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +95,7 @@ def render(out: Outcome) -> str:
             + "; ".join(f"{k} {_fmt(v)}" for k, v in out.experiments.items())
         )
     lines.extend(f"- warning: {w}" for w in out.warnings)
+    lines.extend(f"- cleanup: {c}" for c in out.cleanup)
     if out.checks:
         sample = out.gate_sample
         level = f"{sample['confidence']:.0%} " if sample else ""

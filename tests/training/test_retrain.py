@@ -341,6 +341,175 @@ def test_sigkill_mid_training_leaves_everything_and_the_lock_frees(
     lock.release()
 
 
+# A run that stops at one stage of the publish and waits there to be killed: argv[1] is the stage,
+# argv[2] a file it writes on arriving, the rest the `ranker` command line.
+STOPS_AT = """
+import pathlib, sys, time
+import ranker.registry, training.retrain
+stage, ready = sys.argv[1], pathlib.Path(sys.argv[2])
+def stop(*args, **kwargs):
+    ready.write_text(stage)
+    time.sleep(600)
+write = ranker.registry._write_synced
+def write_model_then_stop(path, data):
+    write(path, data)
+    if path.name == "model.onnx":
+        stop()
+if stage == "export":  # inside the registry publish: the .tmp-* directory holds model.onnx
+    ranker.registry._write_synced = write_model_then_stop
+else:  # published, the experiment config not yet saved
+    training.retrain.rolled_out = stop
+from training.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_at(stage: str, tmp_path: Path, config: Path) -> None:
+    """Run `ranker retrain` in a subprocess, SIGKILL it once it reaches `stage`."""
+    ready = tmp_path / f"ready-{stage}"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    args = [sys.executable, "-c", STOPS_AT, stage, str(ready), "retrain", "--config", str(config)]
+    process = subprocess.Popen(
+        [*args, "gate.tolerance=1.0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, f"the run never reached {stage}"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+
+
+def rank_version(root: Path, log: Path) -> str:
+    """The model version the real service (ASGI app, file store) serves from root's registry."""
+    import asyncio
+
+    import pyarrow.parquet as pq
+
+    from serving.settings import Settings
+    from tests.serving.conftest import body_of, serve
+
+    rows = pq.read_table(sorted(log.glob("*/*.parquet"))[-1]).to_pylist()
+    body = body_of([r for r in rows if r["request_id"] == rows[0]["request_id"]])
+    settings = Settings(
+        registry=root / "models",
+        experiments_file=root / "experiments.yaml",
+        warmup_counts=(1,),
+        intra_op_threads=1,
+        freeze_gc=False,
+        gc_threshold=0,
+    )
+
+    async def ask() -> str:
+        async with serve(settings) as served:
+            response = await served.client.post("/rank", json=body)
+            assert response.status_code == 200, response.text
+            return str(response.json()["model_version"])
+
+    return asyncio.run(ask())
+
+
+def test_sigkill_between_publish_and_config_save_leaves_an_orphan_never_served_then_removed(
+    first: FirstRun, log5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_production(first, tmp_path)
+    # A hand-written config following `latest` (as the packaged default does): the run pins it
+    # before exporting, so the orphan is never picked up.
+    doc = yaml.safe_load((tmp_path / "experiments.yaml").read_text())
+    doc["default"]["model"]["version"] = "latest"
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(doc))
+    path = write_config(tmp_path, log5)
+    kill_at("config", tmp_path, path)
+    assert list_versions(tmp_path / "models", "ranker") == ["v0001", "v0002"]  # the orphan
+    store = FileStore(tmp_path / "experiments.yaml", tmp_path / "models")
+    assert store.load().model_refs() == [ModelRef("ranker", "v0001")]
+    assert yaml.safe_load(store.path.read_text())["default"]["model"]["version"] == "v0001"
+    assert rank_version(tmp_path, log5) == "ranker/v0001"  # the service serves production
+    # The cleanup command removes it, and says so; a second cleanup finds nothing.
+    assert main(["retrain", "--config", str(path), "--cleanup"]) == 0
+    printed = capsys.readouterr().out
+    assert "cleanup: removed ranker/v0002: published by run" in printed, printed
+    assert list_versions(tmp_path / "models", "ranker") == ["v0001"]
+    assert not (tmp_path / "models" / ".retrain-ranker.publish.json").exists()
+    assert main(["retrain", "--config", str(path), "--cleanup"]) == 0
+    assert "cleanup: nothing to clean up" in capsys.readouterr().out
+    assert rank_version(tmp_path, log5) == "ranker/v0001"
+
+
+def test_sigkill_between_publish_and_config_save_on_redis_then_the_next_run_cleans_up(
+    first: FirstRun, log5: Path, tmp_path: Path, redis_prefix: str
+) -> None:
+    with_production(first, tmp_path, redis_prefix)
+    before = state(tmp_path, redis_prefix)
+    path = write_config(tmp_path, log5, redis_prefix)
+    kill_at("config", tmp_path, path)
+    assert state(tmp_path, redis_prefix)["registry"] == ["v0001", "v0002"]
+    assert state(tmp_path, redis_prefix)["redis"] == before["redis"]  # the config never moved
+    # The next run (its lock expires after the ttl) first removes the orphan, then runs.
+    config = load_retrain_config(path, [IMPOSSIBLE], environ={})
+    deadline = time.monotonic() + 3 * config.lock.ttl_s
+    while True:
+        try:
+            out = run_once(config)
+            break
+        except LockedError:
+            assert time.monotonic() < deadline, "the killed run's lock never expired"
+            time.sleep(0.2)
+    assert out.decision == "keep" and state(tmp_path, redis_prefix) == before
+    assert any("removed ranker/v0002: published by run" in line for line in out.cleanup)
+    assert "cleanup: removed ranker/v0002" in (Path(out.report_dir) / "report.md").read_text()
+
+
+def test_sigkill_during_export_leaves_a_tmp_directory_the_next_run_removes(
+    first: FirstRun, log5: Path, tmp_path: Path
+) -> None:
+    with_production(first, tmp_path)
+    before = state(tmp_path)
+    # Debris of something else (not this job's): reported, never deleted.
+    foreign = tmp_path / "models" / "ranker" / ".tmp-someone-else"
+    foreign.mkdir()
+    old = time.time() - 3600
+    os.utime(foreign, (old, old))
+    path = write_config(tmp_path, log5)
+    kill_at("export", tmp_path, path)
+    folder = tmp_path / "models" / "ranker"
+    debris = sorted(p.name for p in folder.glob(".tmp-*") if p != foreign)
+    assert len(debris) == 1 and (folder / debris[0] / "model.onnx").is_file()
+    assert list_versions(tmp_path / "models", "ranker") == ["v0001"]
+    assert FileStore(tmp_path / "experiments.yaml", tmp_path / "models").load().version == 1
+    out = run_once(load_retrain_config(path, [IMPOSSIBLE], environ={}))
+    assert out.decision == "keep"
+    assert sorted(p.name for p in folder.glob(".tmp-*")) == [foreign.name]
+    removed = [line for line in out.cleanup if line.startswith("removed")]
+    assert len(removed) == 1 and debris[0] in removed[0] and "left by run" in removed[0]
+    assert any(foreign.name in line and "unknown publish" in line for line in out.cleanup)
+    after = state(tmp_path)
+    assert after["file"] == before["file"]
+
+
+def test_cleanup_reports_an_unreferenced_newer_version_it_did_not_make(
+    first: FirstRun, tmp_path: Path, log5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.serving.conftest import republish
+
+    with_production(first, tmp_path)
+    republish(tmp_path / "models", "v0001")  # e.g. a manual `ranker export`: v0002
+    path = write_config(tmp_path, log5)
+    assert main(["retrain", "--config", str(path), "--cleanup"]) == 0
+    printed = capsys.readouterr().out
+    assert "cleanup: found ranker/v0002: published, newer than every version" in printed
+    assert list_versions(tmp_path / "models", "ranker") == ["v0001", "v0002"]  # left as is
+
+
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_a_second_run_is_refused_while_one_runs(
     first: FirstRun,

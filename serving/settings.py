@@ -13,13 +13,19 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, ValidationError, create_model, field_validator
 from pydantic.dataclasses import dataclass
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
@@ -103,17 +109,31 @@ class Settings:
         return value
 
     @classmethod
-    def from_env(cls, secrets_dir: Path | None = None, **overrides: Any) -> Settings:
-        """Settings from the environment (see the module docstring), then `overrides`."""
-        env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(PREFIX)}
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        secrets_dir: Path | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from `environ` (os.environ by default) and the secrets directory (see the
+        module docstring), then `overrides`."""
+        environ = os.environ if environ is None else environ
+        env = {k.upper(): v for k, v in environ.items() if k.upper().startswith(PREFIX)}
         if secrets_dir is None and env.get(PREFIX + "SECRETS_DIR"):
             secrets_dir = Path(env[PREFIX + "SECRETS_DIR"])
         if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
             secrets_dir = DEFAULT_SECRETS_DIR
         if secrets_dir is not None and not secrets_dir.is_dir():
             raise SettingsError(f"{PREFIX}SECRETS_DIR: {secrets_dir} is not a directory")
-        values = _Sources(_secrets_dir=secrets_dir).model_dump(exclude_none=True)
-        values = {k: v if k == "admin_token" else v.strip() for k, v in values.items()}
+        # pydantic-settings' sources, highest priority last: secrets files, then variables.
+        values: dict[str, Any] = {}
+        if secrets_dir is not None:
+            values.update(SecretsSettingsSource(_Sources, secrets_dir=secrets_dir)())
+        values.update(_Environment(_Sources, environ)())
+        values = {
+            k: v if k == "admin_token" else v.strip() for k, v in values.items() if v is not None
+        }
         token_file = env.get(PREFIX + "ADMIN_TOKEN_FILE")
         if token_file:
             if PREFIX + "ADMIN_TOKEN" in env:
@@ -220,6 +240,18 @@ def _named(error: ValidationError) -> SettingsError:
 META_VARIABLES = frozenset({PREFIX + "SECRETS_DIR", PREFIX + "ADMIN_TOKEN_FILE"})
 KNOWN_VARIABLES = frozenset(PREFIX + f.name.upper() for f in fields(Settings)) | META_VARIABLES
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (os.environ by default), so
+    that tests and embedding programs need not change the process environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items()}  # case-insensitive, as configured
 
 
 class _SourceConfig(BaseSettings):

@@ -73,6 +73,20 @@ def test_from_env_reads_and_converts(environ: Callable[..., None]) -> None:
     assert replace(settings, port="7").port == 7 and settings.replace(port=8).port == 8
 
 
+def test_from_env_reads_a_given_mapping_not_the_process(environ: Callable[..., None]) -> None:
+    environ(RANKER_PORT="9001", RANKER_REDIS_URL="redis://process:6379/0")
+    settings = Settings.from_env({"RANKER_PORT": "9002", "ranker_max_candidates": "10"})
+    assert settings.port == 9002 and settings.max_candidates == 10
+    assert settings.redis_url is None  # the process's variables are not read
+    assert Settings.from_env().port == 9001
+
+
+def test_an_empty_token_is_read_and_refused(environ: Callable[..., None]) -> None:
+    environ(RANKER_ADMIN_TOKEN="")
+    with pytest.raises(SettingsError, match="RANKER_ADMIN_TOKEN: an empty token"):
+        Settings.from_env().check()
+
+
 def test_unknown_variables_are_warned_about_by_name(environ: Callable[..., None]) -> None:
     environ(RANKER_REGISTY="/srv/models", RANKER_ZZZ="1", RANKER_PORT="9000")
     settings = Settings.from_env()

@@ -136,6 +136,38 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if result.feasible else 3
 
 
+def _score(args: argparse.Namespace) -> int:
+    from training.offline import OfflineModel, load_formula, score_log
+
+    summary = score_log(
+        OfflineModel(args.model),
+        args.data,
+        args.out,
+        formula=load_formula(args.formula),
+        days=args.days or None,
+    )
+    print(f"scored {summary.rows:,} impressions of {summary.files} files with {summary.model}")
+    print(f"score: {summary.formula}")
+    print(f"wrote {summary.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.offline import OfflineModel, evaluate_log, load_formula, render
+
+    evaluation = evaluate_log(
+        OfflineModel(args.model),
+        args.data,
+        args.out,
+        formula=load_formula(args.formula),
+        days=args.days or None,
+        train_data=args.train_data,
+    )
+    print(render(evaluation))
+    print(f"report, scores.parquet and reliability curves in {args.out}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from training.compare import load_compare_config, run_compare
 
@@ -308,6 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--registry", default="models", help="model registry root")
     ex.add_argument("--name", default="ranker", help="model name in the registry")
     ex.add_argument("--parent", help="version this model would replace (recorded in the manifest)")
+
+    for name, handler, text in (
+        ("score", _score, "score a log with a published model: ids, predictions, ranking score"),
+        ("evaluate", _evaluate, "score a log and measure the model: metrics, oracle, segments"),
+    ):
+        off = add(name, handler, text)
+        off.add_argument(
+            "--model", required=True, help="model version dir, e.g. models/ranker/v0001"
+        )
+        off.add_argument(
+            "--data", nargs="+", required=True, help="impression logs (.parquet, .csv)"
+        )
+        off.add_argument(
+            "--out", required=True, help="output: a .parquet file (score), a dir (evaluate)"
+        )
+        off.add_argument(
+            "--formula", help="score formula: YAML/JSON file, inline mapping or variant"
+        )
+        off.add_argument(
+            "--days", nargs="*", help="days to use (default: score all, evaluate held-out)"
+        )
+        if name == "evaluate":
+            off.add_argument("--train-data", nargs="+", help="training log for new vs seen ids")
 
     tu = add("tune", _tune, "tune the ranking-score weights on held-out requests")
     tu.add_argument(

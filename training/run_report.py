@@ -22,15 +22,25 @@ def render_metrics(result: Mapping[str, Any]) -> str:
     split = "test" if "test" in result else "valid"
     lines = [f"best epoch {result['best_epoch']} of {result['epochs_run']}; {split} metrics:"]
     for task, scores in result[split].items():
-        if task == "score":
+        if task in ("score", "loss"):
             continue
         shown = ", ".join(
-            f"{name} {value:.4g}"
-            + (f" (oracle {scores['oracle_' + name]:.4g})" if f"oracle_{name}" in scores else "")
+            f"{name} {value:.4g}" + _oracle(scores, name)
             for name, value in scores.items()
-            if not name.startswith(("oracle_", "gap_")) and name != "normalised"
+            if not name.startswith(("oracle_", "gap_", "constant_", "captured_"))
+            and name != "normalised"
         )
         if "normalised" in scores:
             shown += f"; {describe_normalised(scores['normalised'])}"
         lines.append(f"  {task:<11} {shown}")
     return "\n".join(lines)
+
+
+def _oracle(scores: Mapping[str, float], name: str) -> str:
+    """ " (oracle X, captured Y%)" when the log had oracle columns; the captured share is
+    (model - constant) / (oracle - constant), see training.evaluate."""
+    if f"oracle_{name}" not in scores:
+        return ""
+    captured = scores.get(f"captured_{name}")
+    share = f", captured {100 * captured:.0f}%" if captured is not None else ""
+    return f" (oracle {scores['oracle_' + name]:.4g}{share})"

@@ -1,10 +1,12 @@
-"""PNG plots of a training run (matplotlib, Agg backend): losses, equity, weights, gate usage."""
+"""PNG plots (matplotlib, Agg backend): a training run's losses, equity, weights and gate usage;
+`ranker compare`'s equity comparison and Pareto plot."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -107,6 +109,105 @@ def plot_equity_comparison(runs: Mapping[str, Path], out: Path) -> Path:
     ax.set_title("equity: variance of r / mean(r) (lower is more equitable)")
     ax.set_xlabel("step")
     ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated (x, y) points when lower x and higher y are better, by x."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(
+            (ox <= x and oy >= y) and (ox < x or oy > y)
+            for j, (ox, oy) in enumerate(points)
+            if j != i
+        )
+    ]
+    return sorted(front, key=lambda i: points[i])
+
+
+def plot_pareto(
+    summary: Sequence[Mapping[str, Any]],
+    out: Path,
+    x: str = "watch_time.rmse",
+    y: str = "click.auc",
+) -> Path:
+    """Mean over seeds per configuration with std error bars, the non-dominated front (lower x,
+    higher y) drawn through the means; single-task references as dashed lines."""
+    entries = [e for e in summary if not e.get("task") and x in e and y in e]
+    references = [e for e in summary if e.get("task")]
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    balancers = list(dict.fromkeys(str(e["balancer"]) for e in entries))
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(balancers)}
+    kinds = list(dict.fromkeys((str(e["model"]), str(e.get("objective") or "")) for e in entries))
+    shapes = dict(zip(kinds, "osD^vP*X", strict=False))
+    for e in entries:
+        colour = colours[str(e["balancer"])]
+        ax.errorbar(
+            float(e[x]),
+            float(e[y]),
+            xerr=float(e.get(f"{x}.std", 0.0)),
+            yerr=float(e.get(f"{y}.std", 0.0)),
+            fmt=shapes.get((str(e["model"]), str(e.get("objective") or "")), "o"),
+            color=colour,
+            markerfacecolor="none" if e["aux"] == "none" else colour,
+            markersize=7,
+            elinewidth=0.8,
+            capsize=2,
+        )
+    points = [(float(e[x]), float(e[y])) for e in entries]
+    front = pareto_front(points)
+    if front:
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            color="black",
+            linewidth=1,
+            drawstyle="steps-post",
+            label="non-dominated front",
+        )
+        for i in front:
+            e = entries[i]
+            label = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
+            ax.annotate(label, points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+    x_task, y_task = x.split(".")[0], y.split(".")[0]
+    for ref in references:
+        objective = f" ({ref['objective']})" if ref.get("objective") else ""
+        if ref["task"] == y_task and y in ref:
+            ax.axhline(float(ref[y]), color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(f"single-task {y_task}", (ax.get_xlim()[0], float(ref[y])), fontsize=6)
+        if ref["task"] == x_task and x in ref:
+            ax.axvline(float(ref[x]), color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(
+                f"single-task {x_task}{objective}",
+                (float(ref[x]), ax.get_ylim()[0]),
+                fontsize=6,
+                rotation=90,
+            )
+    handles = [
+        plt.Line2D([], [], color=colours[b], marker="o", linestyle="", label=b) for b in balancers
+    ]
+    handles += [
+        plt.Line2D(
+            [],
+            [],
+            color="black",
+            marker=shapes[k],
+            markerfacecolor="none",
+            linestyle="",
+            label=" ".join(p for p in k if p),
+        )
+        for k in kinds
+    ]
+    handles.append(plt.Line2D([], [], color="black", linewidth=1, label="non-dominated front"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xlabel(f"{x} (test), lower is better")
+    ax.set_ylabel(f"{y} (test), higher is better")
+    ax.set_title(
+        "mean over seeds per configuration, bars: std over seeds\n"
+        "filled: self-aux heads; dashed/dotted: single-task models",
+        fontsize=9,
+    )
     return _save(fig, out)
 
 

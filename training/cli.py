@@ -58,10 +58,11 @@ def _import_kuairand(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from ranker.schema import FeatureSpec, load_default_spec
-    from training.data import read_log
+    from training.data import find_log_spec, read_log
     from training.summary import summarize
 
-    spec = FeatureSpec.load(args.spec) if args.spec else load_default_spec()
+    spec_path = args.spec or find_log_spec(args.data)
+    spec = FeatureSpec.load(spec_path) if spec_path else load_default_spec()
     log = read_log(args.data, spec, drop_invalid=args.drop_invalid)
     print(summarize(log).render())
     return 0
@@ -313,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = add("summary", _summary, "validate an impression log and print a summary")
     sm.add_argument("data", nargs="+", help="log directories or files (.parquet, .csv)")
-    sm.add_argument("--spec", help="feature spec YAML (default: the simulator's)")
+    sm.add_argument(
+        "--spec",
+        help="feature spec YAML (default: the log's feature_spec.yaml, else the simulator's)",
+    )
     sm.add_argument(
         "--drop-invalid", action="store_true", help="drop and count bad rows instead of failing"
     )

@@ -7,6 +7,7 @@ keys, lists the valid ones. Model and balancer fields are checked against their 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -95,8 +98,9 @@ class TrainLoop:
     seed: int = 0
     # Stop early after this many epochs without a better early-stopping score (0: never).
     patience: int = 2
-    # Early-stopping metric: `score` (mean of click AUC and the regression tasks' normalised scores)
-    # or a metric key such as `click.auc`.
+    # Early-stopping metric: `score` (mean of click AUC and the regression tasks' normalised scores),
+    # `loss` (sum of the tasks' validation losses) or a metric key such as `click.auc` or
+    # `click.loss` (training.evaluate.metric_keys lists them).
     early_stopping: str = "score"
     # Stop each epoch after this many steps (None: the whole epoch); for quick runs.
     max_steps_per_epoch: int | None = None
@@ -227,9 +231,62 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    config = build(TrainConfig, apply_overrides(doc, overrides))
+    doc = apply_overrides(doc, overrides)
+    for note in drop_foreign_params(doc):
+        logger.warning("note: %s", note)
+    config = build(TrainConfig, doc)
     validate(config)
     return config
+
+
+def drop_foreign_params(doc: dict[str, Any]) -> list[str]:
+    """Remove, in place, `model.config` fields that belong to another architecture and
+    `balancer.params` that belong to another balancer; one note per removed key.
+
+    So switching `model.kind` or `balancer.name` on a config written for another one is one key
+    (configs/train.yaml sets MMoE and EMTL fields). A key no architecture or balancer knows stays,
+    and `validate` names it.
+    """
+    from ranker.balancing import BALANCERS, balancer_params
+    from ranker.models import MODELS
+
+    notes: list[str] = []
+    sections = (
+        (
+            "model",
+            "kind",
+            "config",
+            ModelSection().kind,
+            {k: _fields(m.config_class) for k, m in MODELS.items()},
+        ),
+        (
+            "balancer",
+            "name",
+            "params",
+            BalancerConfig().name,
+            {k: balancer_params(k) for k in BALANCERS},
+        ),
+    )
+    for section, selector, part, default, known in sections:
+        node = doc.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+            continue
+        chosen = node.get(selector, default)
+        if chosen not in known:
+            continue  # validate names the unknown kind
+        for key in list(node[part]):
+            owners = [name for name, names in known.items() if key in names]
+            if key not in known[chosen] and owners:
+                del node[part][key]
+                notes.append(
+                    f"{section}.{part}.{key} dropped: a parameter of {', '.join(owners)}, "
+                    f"not of {section}.{selector}={chosen}"
+                )
+    return notes
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def validate(config: TrainConfig) -> None:
@@ -272,6 +329,13 @@ def validate(config: TrainConfig) -> None:
     if config.aux.form not in ("none", "linear", "pool", "bottleneck"):
         raise ConfigError(
             f"aux.form: must be one of none, linear, pool, bottleneck; got {config.aux.form!r}"
+        )
+    from training.evaluate import metric_keys
+
+    keys = metric_keys(config.tasks.names)
+    if loop.early_stopping not in keys:
+        raise ConfigError(
+            f"train.early_stopping: unknown metric {loop.early_stopping!r}; valid: {keys}"
         )
     if config.data.valid_days < 1 or config.data.test_days < 0:
         raise ConfigError("data.valid_days must be >= 1 and data.test_days >= 0")

@@ -24,6 +24,8 @@ from training.errors import DataError
 
 MS_PER_DAY = 86_400_000
 LOG_SUFFIXES = (".parquet", ".csv")
+# The feature spec an importer writes next to the log it made (e.g. `ranker import-kuairand`).
+LOG_SPEC_FILE = "feature_spec.yaml"
 
 
 @dataclass
@@ -88,6 +90,37 @@ def log_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def find_log_spec(paths: str | Path | Sequence[str | Path]) -> Path | None:
+    """The feature_spec.yaml written next to a log: in a log directory or its parent, or beside a
+    log file (or in its partition's parent). None when there is none; DataError when the paths
+    carry different ones."""
+    given = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    found: set[Path] = set()
+    for path in given:
+        folder = path if path.is_dir() else path.parent
+        for candidate in (folder / LOG_SPEC_FILE, folder.parent / LOG_SPEC_FILE):
+            if candidate.is_file():
+                found.add(candidate.resolve())
+                break
+    if len(found) > 1:
+        raise DataError(
+            str([str(p) for p in given]),
+            f"the logs carry different feature specs {sorted(map(str, found))}; pass one "
+            "(data.spec= for ranker train)",
+        )
+    return found.pop() if found else None
+
+
+def _missing_column(file: Path, column: str, spec: FeatureSpec) -> DataError:
+    hint = ""
+    if spec.name == "simulator":
+        hint = (
+            " (read with the simulator's feature spec: no feature_spec.yaml next to the log; "
+            "pass the log's own spec, data.spec=PATH for ranker train, --spec for others)"
+        )
+    return DataError(str(file), "missing column" + hint, column=column)
+
+
 def read_table(
     file: Path, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()
 ) -> pa.Table:
@@ -138,7 +171,7 @@ def read_log(
         table = read_table(file, wanted, categorical_columns(spec))
         missing = [c for c in required_columns(spec) if c not in table.column_names]
         if missing:
-            raise DataError(str(file), "missing column", column=missing[0])
+            raise _missing_column(file, missing[0], spec)
         table, file_dropped = validate_rows(table, str(file), drop_invalid=drop_invalid)
         dropped.update(file_dropped)
         tables.append(table)
@@ -324,7 +357,7 @@ def iter_encoded(
             table = pa.Table.from_batches([batch])
             missing = [c for c in required_columns(encoder.spec) if c not in table.column_names]
             if missing:
-                raise DataError(str(file), "missing column", column=missing[0])
+                raise _missing_column(file, missing[0], encoder.spec)
             table, _ = validate_rows(table, str(file), drop_invalid=drop_invalid)
             if table.num_rows:
                 yield encode_table(table, encoder)

@@ -16,7 +16,7 @@ R^2-like scale).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +151,21 @@ def lookup(result: Mapping[str, Mapping[str, float]], key: str) -> float:
         return result[task][name]
     except KeyError:
         raise KeyError(f"unknown metric {key!r}") from None
+
+
+# Metrics each task reports on any log (the oracle_, gap_, constant_ and captured_ ones need oracle
+# columns), and the whole-model keys.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "click": ("auc", "gauc", "logloss", "loss"),
+    "watch_time": ("rmse", "mae", "ndcg@10", "normalised", "loss"),
+    "completion": ("rmse", "normalised", "loss"),
+}
+
+
+def metric_keys(tasks: Sequence[str]) -> list[str]:
+    """Keys `lookup` finds on every validation result of a model with these tasks (what early
+    stopping may use): `score`, `loss` and `task.metric`."""
+    return ["score", "loss", *(f"{t}.{m}" for t in tasks for m in TASK_METRICS.get(t, ()))]
 
 
 def higher_is_better(key: str) -> bool:

@@ -36,7 +36,7 @@ from ranker.models.inputs import use_sparse_gradients
 from ranker.schema import FeatureSpec, load_default_spec
 from ranker.tasks import build_tasks
 from training.config import ConfigError, TrainConfig
-from training.data import DaySplit, EncodedData, encode_log, read_log, split_days
+from training.data import DaySplit, EncodedData, encode_log, find_log_spec, read_log, split_days
 from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 from training.optimizer import SplitOptimizer, clip_grad_norm
@@ -60,7 +60,9 @@ class PreparedData:
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Read, validate, split by day, fit dense statistics on the training days, encode."""
     data = config.data
-    spec = FeatureSpec.load(data.spec) if data.spec else load_default_spec()
+    # data.spec, else the feature_spec.yaml an importer wrote next to the log, else the simulator's.
+    spec_path = data.spec or find_log_spec(list(data.paths))
+    spec = FeatureSpec.load(spec_path) if spec_path else load_default_spec()
     log = read_log(list(data.paths), spec, drop_invalid=data.drop_invalid)
     split = split_days(log.days(), valid_days=data.valid_days, test_days=data.test_days)
     train_days = split.train

@@ -30,7 +30,9 @@ import redis
 import yaml
 
 from ranker.experiments import ExperimentConfig, ExperimentError, Layer, ModelRef, Variant
+from ranker.features import FeatureEncoder
 from ranker.registry import MODEL_FILE, Manifest, RegistryError, load_manifest, verify
+from ranker.schema import FeatureSpec
 from ranker.scoring import DEFAULT_FORMULA
 from serving.experiments import (
     ExperimentStore,
@@ -41,7 +43,7 @@ from serving.experiments import (
 )
 from serving.settings import Settings
 from training.config import ConfigError
-from training.data import EncodedData
+from training.data import EncodedData, encode_log, read_log
 from training.gate import Decision, decide
 from training.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
 from training.paired_bootstrap import Replicates, paired_bootstrap
@@ -100,18 +102,20 @@ def production_predictions(
 ) -> tuple[Manifest, dict[str, np.ndarray], EncodedData]:
     """Production's per-row predictions on the gate day: its published ONNX through ONNX
     Runtime, fed by its own fitted feature spec, exactly as the service scores it."""
-    from ranker.features import FeatureEncoder
-    from training.data import encode_log, read_log
     from training.tune import onnx_predict
 
     version_dir = Path(config.registry) / ref.name / ref.version
     manifest = verify(version_dir)
-    spec = manifest.spec()
+    data = gate_day_rows(config, manifest.spec(), gate_day)
+    return manifest, onnx_predict(version_dir, manifest, data), data
+
+
+def gate_day_rows(config: RetrainConfig, spec: FeatureSpec, gate_day: str) -> EncodedData:
+    """The gate day's rows encoded with a model's own fitted spec (read whole: one day)."""
     day_log = read_log(
         list(config.data.paths), spec, drop_invalid=config.train.data.drop_invalid
     ).filter_days([gate_day])
-    data = encode_log(day_log, FeatureEncoder(spec))
-    return manifest, onnx_predict(version_dir, manifest, data), data
+    return encode_log(day_log, FeatureEncoder(spec))
 
 
 def gate_intervals(
@@ -265,12 +269,12 @@ def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
                 )
             # The candidate's torch model on the same rows (its export must then match ONNX
             # Runtime within 1e-4 before it is published).
-            assert data.test is not None
-            cand_preds = predict(load_best(run_dir / BEST), data.test)
-            intervals = gate_intervals(config, cand_preds, data.test, prod_preds, prod_data)
+            cand_data = gate_day_rows(config, data.spec, gate_day)
+            cand_preds = predict(load_best(run_dir / BEST), cand_data)
+            intervals = gate_intervals(config, cand_preds, cand_data, prod_preds, prod_data)
             out.gate_sample = {
-                "rows": data.test.rows,
-                "requests": len(np.unique(data.test.request_id)),
+                "rows": cand_data.rows,
+                "requests": len(np.unique(cand_data.request_id)),
                 "bootstrap": config.gate.bootstrap,
                 "confidence": config.gate.confidence,
             }

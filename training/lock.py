@@ -1,16 +1,17 @@
-"""One retraining run at a time: a lock held in Redis or in a lock file.
+"""One retraining run at a time: a lock held in Redis (`redis.lock.Lock`) or on a file (`filelock`).
 
-Redis: `SET key value NX PX ttl`, released and extended by Lua scripts that compare the value first,
-so a run whose lock expired never deletes or extends the next holder's. File: created with
-O_CREAT | O_EXCL holding {token, pid, host, since}; it is stale once older than the ttl, or at once
-when its pid is dead on this host (a killed run). While a lock is held a daemon thread extends it
-every ttl / 3; `check()` raises when it was lost (e.g. the process was paused past the ttl), so a run
-that no longer owns the lock does not publish.
+Redis: redis-py's lock, whose token is this run's {token, pid, host, since}, so a refused run can
+say who holds it; its Lua scripts compare the token before they extend or delete, so a run whose
+lock expired never touches the next holder's. File: filelock's OS lock (flock), which the kernel
+drops the moment its process dies, so a killed run never leaves a stale lock; the holder's
+description is written into the locked file. While a lock is held a daemon thread renews it
+every ttl / 3 (Redis: the ttl; file: that the path still names the file we locked), and `check()`
+raises when it was lost (the process was paused past the ttl, or the lock file was replaced), so
+a run that no longer owns the lock does not publish.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,18 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import filelock
 import redis
+import redis.lock
 
 log = logging.getLogger("ranker.retrain")
-
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 class LockedError(RuntimeError):
@@ -124,7 +118,7 @@ class RunLock:
             self._thread = None
         try:
             self._release()
-        except (redis.RedisError, OSError) as exc:  # it expires after the ttl anyway
+        except (redis.RedisError, OSError) as exc:  # it expires (or dies with us) anyway
             log.warning("cannot release %s: %s", self.description, exc)
 
     def __enter__(self) -> RunLock:
@@ -143,109 +137,71 @@ class RedisLock(RunLock):
         )
         self.key = key
         self.description = f"Redis lock {key}"
-        self._release_script = self.client.register_script(_RELEASE)
-        self._extend_script = self.client.register_script(_EXTEND)
+        # thread_local=False: the keep-alive thread extends the token the main thread acquired.
+        self._lock = redis.lock.Lock(
+            self.client, key, timeout=ttl_s, blocking=False, thread_local=False
+        )
 
     def _try_acquire(self) -> str | None:
-        for _ in range(3):  # the holder's key may expire between SET and GET
-            if self.client.set(self.key, self.value, nx=True, px=int(self.ttl_s * 1000)):
-                return None
-            raw = self.client.get(self.key)
-            if raw is not None:
-                return _holder(raw)
-        return "a run that keeps replacing it"
+        if self._lock.acquire(token=self.value):
+            return None
+        raw = self.client.get(self.key)
+        return _holder(raw) if raw is not None else "a run that released it just now"
 
     def _extend(self) -> bool:
-        return bool(self._extend_script(keys=[self.key], args=[self.value, int(self.ttl_s * 1000)]))
+        try:
+            return self._lock.extend(self.ttl_s, replace_ttl=True)
+        except redis.lock.LockNotOwnedError:  # expired, or another run's token now
+            return False
 
     def _release(self) -> None:
         try:
-            self._release_script(keys=[self.key], args=[self.value])
+            self._lock.release()
+        except redis.lock.LockNotOwnedError:
+            pass  # expired or taken over: the next holder's lock is left alone
         finally:
             self.client.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 class FileLock(RunLock):
+    """An OS lock on `path` (never stale: the kernel releases it with its process). `ttl_s` only
+    sets how often the keep-alive thread checks that the path still names the locked file."""
+
     def __init__(self, path: str | Path, ttl_s: float) -> None:
         super().__init__(ttl_s)
         self.path = Path(path)
         self.description = f"lock file {self.path}"
+        self._locked: tuple[int, int] | None = None  # (device, inode) of the file we locked
+        self._lock = filelock.FileLock(
+            self.path, timeout=0, thread_local=False, on_acquired=self._stamp
+        )
 
-    def _read(self) -> tuple[bytes, float] | None:
-        try:
-            return self.path.read_bytes(), self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    def _stale(self, raw: bytes, mtime: float) -> bool:
-        if time.time() - mtime > self.ttl_s:
-            return True
-        try:
-            doc = json.loads(raw)
-            same_host = doc["host"] == socket.gethostname()
-            return same_host and not _pid_alive(int(doc["pid"]))
-        except (ValueError, KeyError, TypeError):
-            return False  # being written right now, or foreign: only the age decides
+    def _stamp(self, fd: int) -> None:
+        """Runs with the lock just taken: say who holds it, remember which file is locked."""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, self.value.encode(), 0)
+        os.fsync(fd)
+        info = os.fstat(fd)
+        self._locked = (info.st_dev, info.st_ino)
 
     def _try_acquire(self) -> str | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                found = self._read()
-                if found is None:
-                    continue  # released meanwhile
-                raw, mtime = found
-                if not self._stale(raw, mtime):
-                    return _holder(raw)
-                log.warning("breaking stale %s (%s)", self.description, _holder(raw))
-                if not self._break(raw):
-                    return _holder(raw)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.value)
-                handle.flush()
-                os.fsync(handle.fileno())
-            return None
-        return "a run that keeps replacing it"
-
-    def _break(self, stale: bytes) -> bool:
-        """Move the stale file aside; if another process replaced it meanwhile, put it back."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return True
-        try:
-            if aside.read_bytes() == stale:
-                return True
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)  # atomic: only if nobody created a new lock since
-            return False
-        finally:
-            aside.unlink(missing_ok=True)
-
-    def _ours(self) -> bool:
-        found = self._read()
-        return found is not None and found[0] == self.value.encode()
+                return _holder(self.path.read_bytes())
+            except OSError:
+                return "an unknown holder"
+        return None
 
     def _extend(self) -> bool:
-        if not self._ours():
-            return False
-        os.utime(self.path)
-        return True
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return False  # removed: a new file there would be lockable by another run
+        return (info.st_dev, info.st_ino) == self._locked
 
     def _release(self) -> None:
-        if self._ours():
-            self.path.unlink(missing_ok=True)
+        if self._lock.is_locked:
+            self._lock.release()

@@ -156,7 +156,9 @@ def test_first_run_publishes_v0001_and_points_the_config_at_it(first: FirstRun) 
     doc = report(first.root)
     assert doc["decision"] == "publish" and "no production model" in doc["reason"]
     assert doc["window"]["gate"] == ["2026-01-05"] and doc["window"]["valid"] == ["2026-01-04"]
-    assert not (registry / ".retrain-ranker.lock").exists()
+    free = FileLock(registry / ".retrain-ranker.lock", ttl_s=1.0)  # released: taken at once
+    free.acquire()
+    free.release()
 
 
 def test_a_gate_that_cannot_be_met_publishes_nothing(
@@ -682,30 +684,60 @@ def test_config_errors_name_the_key(override: str, message: str) -> None:
 
 
 # -- lock ------------------------------------------------------------------------------------------
-def test_file_lock_refuses_a_second_holder_and_breaks_a_stale_one(tmp_path: Path) -> None:
+def test_file_lock_refuses_a_second_holder_and_notices_a_replaced_file(tmp_path: Path) -> None:
     path = tmp_path / "retrain.lock"
     held = FileLock(path, ttl_s=1.0)
     held.acquire()
-    time.sleep(1.5)  # past the ttl, but the keep-alive thread renewed it
+    time.sleep(1.5)  # past the ttl: the keep-alive thread checked it is still ours
     with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
         FileLock(path, ttl_s=1.0).acquire()
     held.check()
-    # Replaced behind its back (taken over after a long pause): lost, and release keeps it.
-    path.write_text(
-        json.dumps({"token": "x", "pid": os.getpid(), "host": "elsewhere", "since": "-"})
-    )
+    # Replaced behind its back (a new file another run could lock): lost, and release keeps it.
+    other = tmp_path / "other"
+    other.write_text(json.dumps({"token": "x", "pid": 1, "host": "elsewhere", "since": "-"}))
+    os.replace(other, path)
     time.sleep(0.8)
     with pytest.raises(LockLostError):
         held.check()
     held.release()
-    assert path.exists()
-    # Stale by age: a holder on another host that stopped renewing.
-    old = time.time() - 120
-    os.utime(path, (old, old))
+    assert "elsewhere" in path.read_text()
+    # The replacing file is not locked by anybody: the next run takes it, and frees it again.
     fresh = FileLock(path, ttl_s=60)
     fresh.acquire()
+    fresh.check()
     fresh.release()
-    assert not path.exists()
+    again = FileLock(path, ttl_s=60)
+    again.acquire()
+    again.release()
+
+
+def test_file_lock_of_a_killed_process_frees_at_once(tmp_path: Path) -> None:
+    """The OS lock dies with its process: no ttl to wait out, no pid or host to compare."""
+    path = tmp_path / "retrain.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom training.lock import FileLock\n"
+            "FileLock(sys.argv[1], ttl_s=60).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
+            str(path),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockedError, match=f"pid {holder.pid}"):
+            FileLock(path, ttl_s=60).acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout:
+            holder.stdout.close()
+    lock = FileLock(path, ttl_s=60)
+    lock.acquire()
+    lock.release()
 
 
 def test_redis_lock_is_renewed_while_held_and_only_its_owner_releases_it(

@@ -37,6 +37,11 @@ class DataConfig:
     window_days: int | None = None
     # Drop and count invalid rows instead of failing.
     drop_invalid: bool = False
+    # Stream the log row group by row group (Parquet only) instead of loading it whole: for logs
+    # larger than memory; memory is bounded by the shuffle buffer (training/stream.py).
+    stream: bool = False
+    # Rows mixed in the streaming shuffle buffer.
+    shuffle_buffer_rows: int = 262_144
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,10 @@ def validate(config: TrainConfig) -> None:
     if config.aux.form not in ("none", "linear", "pool", "bottleneck"):
         raise ConfigError(
             f"aux.form: must be one of none, linear, pool, bottleneck; got {config.aux.form!r}"
+        )
+    if config.data.shuffle_buffer_rows < 1:
+        raise ConfigError(
+            f"data.shuffle_buffer_rows: must be >= 1, got {config.data.shuffle_buffer_rows}"
         )
     from training.evaluate import metric_keys
 

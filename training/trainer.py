@@ -1,5 +1,8 @@
 """`ranker train`: fit a multi-task model with a loss balancer, evaluate each epoch, checkpoint.
 
+The log is loaded into contiguous arrays (the fast path) or, with `data.stream`, streamed row group
+by row group through a shuffle buffer (training/stream.py) for logs larger than memory.
+
 Run directory:
     checkpoint.pt  full state of the last finished epoch (model, aux heads, optimizer, balancer,
                    history) for `--resume`; each epoch seeds its own dropout draws (`rank_seed`).
@@ -15,11 +18,12 @@ Run directory:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ from training.data import DaySplit, EncodedData, encode_log, find_log_spec, read
 from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 from training.optimizer import SplitOptimizer, clip_grad_norm
+from training.stream import StreamingData, StreamSplit, evaluate_stream, prepare_stream
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -57,12 +62,22 @@ class PreparedData:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_data(config: TrainConfig) -> PreparedData:
-    """Read, validate, split by day, fit dense statistics on the training days, encode."""
+def prepare_data(config: TrainConfig) -> PreparedData | StreamingData:
+    """Read, validate, split by day, fit dense statistics on the training days, encode; with
+    `data.stream`, open the log for streaming instead (training/stream.py)."""
     data = config.data
     # data.spec, else the feature_spec.yaml an importer wrote next to the log, else the simulator's.
     spec_path = data.spec or find_log_spec(list(data.paths))
     spec = FeatureSpec.load(spec_path) if spec_path else load_default_spec()
+    if data.stream:
+        return prepare_stream(
+            list(data.paths),
+            spec,
+            valid_days=data.valid_days,
+            test_days=data.test_days,
+            window_days=data.window_days,
+            drop_invalid=data.drop_invalid,
+        )
     log = read_log(list(data.paths), spec, drop_invalid=data.drop_invalid)
     split = split_days(log.days(), valid_days=data.valid_days, test_days=data.test_days)
     train_days = split.train
@@ -131,7 +146,7 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        data: PreparedData,
+        data: PreparedData | StreamingData,
         run_dir: Path,
         world: World | None = None,
         progress: bool = True,
@@ -139,6 +154,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.data = data
+        self.encoder = FeatureEncoder(data.spec)
         self.run_dir = run_dir
         self.world = world or World()
         self.progress = progress and self.world.is_main
@@ -190,10 +206,30 @@ class Trainer:
         is empty runs the forward on one row with share 0: it joins every collective with exact
         zeros (never the NaN of an empty mean).
         """
+        part = self.world.shard(batch.rows)
+        return self._step(batch, part, part.stop - part.start, batch.rows)
+
+    def train_local_step(
+        self, batch: EncodedData | None, spare: EncodedData
+    ) -> dict[str, Any] | None:
+        """One step on this rank's own batch (the streaming path: ranks read their own row
+        groups). The global batch is the ranks' batches together; a rank that has run out
+        (`batch` None) joins with share 0 on a row of `spare`. None once every rank is out."""
+        local_rows = 0 if batch is None else batch.rows
+        counted = torch.tensor([float(local_rows)], device=self.device)
+        global_rows = int(all_reduce_sum(counted, self.world).item())
+        if global_rows == 0:
+            return None
+        source = spare if batch is None else batch
+        return self._step(source, slice(0, local_rows), local_rows, global_rows)
+
+    def _step(
+        self, batch: EncodedData, part: slice, local_rows: int, global_rows: int
+    ) -> dict[str, Any]:
+        """The step on rows `part` of `batch` (its first row, with share 0, when `local_rows`
+        is 0)."""
         world = self.world
-        part = world.shard(batch.rows)
-        local_rows = part.stop - part.start
-        share = local_rows / batch.rows
+        share = local_rows / global_rows
         if local_rows == 0:
             part = slice(0, 1)
         inputs = self._tensors(batch.inputs, part)
@@ -272,7 +308,7 @@ class Trainer:
             records = self._train_epoch()
             if self.world.is_main:
                 _append_csv(steps_file, records)
-                valid = evaluate_model(self.model, self.data.valid, device=str(self.device))
+                valid = self._evaluate(self.model, self.data.valid)
                 self._after_epoch(valid, records)
             barrier(self.world)
             self._sync_stop()
@@ -285,16 +321,48 @@ class Trainer:
                 break
         return self._finish(time.perf_counter() - started)
 
+    def _evaluate(
+        self, model: MultiTaskModel, split: EncodedData | StreamSplit
+    ) -> dict[str, dict[str, float]]:
+        if isinstance(split, StreamSplit):
+            return evaluate_stream(model, split, self.encoder, device=str(self.device))
+        return evaluate_model(model, split, device=str(self.device))
+
+    def _epoch_steps(self) -> Iterator[dict[str, Any]]:
+        """The epoch's steps: slices of the in-memory shuffled log, or this rank's streamed
+        batches (the global batch is split over the ranks' own row groups)."""
+        loop = self.config.train
+        seed = loop.seed * 1000 + self.epoch
+        train = self.data.train
+        if isinstance(train, EncodedData):
+            for batch in train.shuffled_batches(loop.batch_size, seed=seed):
+                yield self.train_step(batch)
+            return
+        world = self.world
+        batches = train.shuffled_batches(
+            self.encoder,
+            max(1, loop.batch_size // world.size),
+            seed=seed,
+            buffer_rows=self.config.data.shuffle_buffer_rows,
+            rank=world.rank,
+            size=world.size,
+        )
+        spare = next(train.chunks(self.encoder, [0])).take(np.arange(1))
+        while True:
+            record = self.train_local_step(next(batches, None), spare)
+            if record is None:
+                return
+            yield record
+
     def _train_epoch(self) -> list[dict[str, Any]]:
         loop = self.config.train
         self.wrapper.train()
         torch.manual_seed(rank_seed(loop.seed, self.epoch, self.world.rank))
-        batches = self.data.train.shuffled_batches(
-            loop.batch_size, seed=loop.seed * 1000 + self.epoch
-        )
+        steps: Iterator[dict[str, Any]] = self._epoch_steps()
         total = -(-self.data.train.rows // loop.batch_size)
         if loop.max_steps_per_epoch is not None:
             total = min(total, loop.max_steps_per_epoch)
+            steps = itertools.islice(steps, loop.max_steps_per_epoch)
         bar = None
         if self.progress:
             from training.progress import progress_bar
@@ -303,10 +371,7 @@ class Trainer:
                 total=total, desc=f"epoch {self.epoch + 1}/{loop.epochs}", unit="step", leave=False
             )
         records = []
-        for index, batch in enumerate(batches):
-            if index >= total:
-                break
-            record = self.train_step(batch)
+        for record in steps:
             records.append(record)
             if bar is not None:
                 bar.update()
@@ -371,10 +436,10 @@ class Trainer:
             "seconds": seconds,
             "checkpoint_bytes": self.checkpoint_bytes,
             "history": self.history,
-            "valid": evaluate_model(best, self.data.valid),
+            "valid": self._evaluate(best, self.data.valid),
         }
         if self.data.test is not None:
-            doc["test"] = evaluate_model(best, self.data.test)
+            doc["test"] = self._evaluate(best, self.data.test)
         _save_json(self.run_dir / "metrics.json", doc)
         from training.plots import plot_run
 

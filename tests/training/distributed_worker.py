@@ -32,10 +32,14 @@ def train_methods(log: Path, out: Path, batch_size: int, methods: list[str]) -> 
 
 
 def ddp_overrides(log: Path, run_dir: Path, batch_size: int, method: str) -> list[str]:
-    """One whole epoch (no step cap, so the last partial batch runs), dropout off."""
+    """One whole epoch (no step cap, so the last partial batch runs), dropout off. A method
+    named `NAME+stream` trains NAME on the streaming path (each rank reads its own row groups)."""
+    method, _, stream = method.partition("+")
+    streaming = ["data.stream=true", "data.shuffle_buffer_rows=500"] if stream else []
     return tiny_overrides(
         log,
         run_dir,
+        *streaming,
         f"balancer.name={method}",
         "train.epochs=1",
         f"train.batch_size={batch_size}",

@@ -69,6 +69,7 @@ def test_two_ranks_with_a_one_row_last_batch_equal_one_process(
         str(parallel),
         str(batch),
         *METHODS,
+        "emtl+stream",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -82,6 +83,12 @@ def test_two_ranks_with_a_one_row_last_batch_equal_one_process(
         _assert_same_run(single, parallel / method, method)
         seeds = [int((parallel / method / f"seed_rank{r}.txt").read_text()) for r in (0, 1)]
         assert seeds == [rank_seed(0, 0, 0), rank_seed(0, 0, 1)]  # per-rank dropout draws
+    # Streaming: each rank reads its own day (row group); the ranks' batches form the global one
+    # and a rank that runs out first joins with share 0 until both are done.
+    streamed = torch.load(parallel / "emtl+stream" / CHECKPOINT, weights_only=True)
+    assert streamed["step"] >= -(-3171 // batch)
+    for name, value in streamed["wrapper_state"].items():
+        assert torch.isfinite(value).all(), f"streaming: {name} not finite"
 
 
 def _assert_same_run(single: Path, parallel: Path, method: str) -> None:

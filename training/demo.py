@@ -55,6 +55,7 @@ def demo_sizes(quick: bool) -> tuple[SimulatorConfig, list[str], int, int]:
             "model.config.num_experts=2",
             "model.config.expert_units=[16]",
             "model.config.tower_units=[8]",
+            "aux.bottleneck_units=4",  # a self-auxiliary head must be smaller than its tower
         ]
         return sim, train, 10, 60
     sim = SimulatorConfig(users=5000, items=20000, days=7, requests_per_day=5000, oracle=True)

@@ -10,7 +10,9 @@ One KuaiRand-layout log (a simulated world written as KuaiRand CSVs, `benchmarks
   `Trainer.fit` (shuffled epochs, per-epoch validation and checkpoint) with equal weights;
 - torch-rechub: the same read and encode (ours, so both get the same buckets and the same time for
   it), then its own data path and loop: `DataGenerator` -> `DataLoader` (per-sample dataset and
-  collate) -> `MTLTrainer.fit` (per-epoch validation, best weights kept).
+  collate) -> `MTLTrainer.fit` (per-epoch validation, best weights kept);
+- torch-rechub's model driven by our batches in a hand-written loop (its model step without its
+  data path: the fastest way to train it here).
 Both: MMoE with 8 experts [256, 128], towers [64], 16-dim embeddings, Adam lr 1e-3 without weight
 decay, batch 2048, click BCE + log1p(watch time) + completion losses summed with equal weights.
 Samples/s = training rows x epochs / seconds, end to end (from reading the import to the end of the
@@ -22,6 +24,7 @@ configuration before issue 16 (dense Adam on tables sized for KuaiRand-27K).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -30,12 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmarks.kuairand_layout import write_kuairand_layout
 from benchmarks.peer_training import rechub_inputs, rechub_model
 from benchmarks.report import machine, write_section
 from ranker.schema import FeatureSpec
 from training.config import TrainConfig, load_config
+from training.data import EncodedData
 from training.evaluate import evaluate_predictions
 from training.kuairand import SPEC_FILE, import_kuairand, kuairand_spec
 from training.simulate import SimulatorConfig
@@ -75,7 +80,7 @@ def run_ranker(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     data = prepare_data(config)
     prepared = time.perf_counter()
-    trainer = TimedTrainer(config, data, run_dir, progress=False, equity_every=0)
+    trainer = TimedTrainer(config, data, run_dir, progress=False)  # as `ranker train` runs
     doc = trainer.fit()
     rows = data.train.rows * doc["epochs_run"]
     return {
@@ -134,7 +139,7 @@ def run_rechub(config: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any
         "samples": data.train.rows * epochs,
         "epochs": epochs,
         "best_epoch": None,
-        "test": evaluate_predictions(_rechub_predict(model, data.spec, data), data.test),
+        "test": evaluate_predictions(_rechub_predict(model, data.spec, data.test), data.test),
         "checkpoint_mb": None,
     }
 
@@ -155,17 +160,64 @@ def _targets(labels: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _rechub_predict(model: torch.nn.Module, spec: FeatureSpec, data: PreparedData) -> dict:  # type: ignore[type-arg]
-    assert data.test is not None
+def _rechub_predict(
+    model: torch.nn.Module, spec: FeatureSpec, data: EncodedData
+) -> dict[str, np.ndarray]:
+    """torch-rechub's outputs in natural units, for our metrics."""
+    was_training = model.training
     model.eval()
-    parts = []
-    for batch in data.test.slices(8192):
-        parts.append(model(rechub_inputs(spec, batch.inputs)).numpy())
-    raw = np.concatenate(parts)
+    raw = np.concatenate(
+        [model(rechub_inputs(spec, batch.inputs)).numpy() for batch in data.slices(8192)]
+    )
+    model.train(was_training)
     return {
         "click": raw[:, 0],  # its prediction layer applies the sigmoid
         "watch_time": np.expm1(np.clip(raw[:, 1], 0.0, 30.0)),
         "completion": np.clip(raw[:, 2], 0.0, 1.0),
+    }
+
+
+def run_rechub_manual(config: TrainConfig, epochs: int) -> dict[str, Any]:
+    """torch-rechub's model driven by our batches (no DataLoader, a hand-written loop): the
+    fastest way to train it here, so the model step itself is compared too."""
+    started = time.perf_counter()
+    data = prepare_data(config)
+    prepared = time.perf_counter()
+    assert data.test is not None
+    model = rechub_model(data.spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    epoch_s, best_auc, best_state = 0.0, -1.0, None
+    for epoch in range(epochs):
+        epoch_started = time.perf_counter()
+        model.train()
+        for batch in data.train.shuffled_batches(config.train.batch_size, seed=epoch):
+            y = model(rechub_inputs(data.spec, batch.inputs))
+            target = torch.from_numpy(_targets(batch.labels))
+            loss = (
+                F.binary_cross_entropy(y[:, 0], target[:, 0])
+                + F.mse_loss(y[:, 1], target[:, 1])
+                + F.mse_loss(y[:, 2], target[:, 2])
+            ) / 3
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epoch_s += time.perf_counter() - epoch_started
+        valid = evaluate_predictions(_rechub_predict(model, data.spec, data.valid), data.valid)
+        if valid["click"]["auc"] > best_auc:
+            best_auc, best_state = valid["click"]["auc"], copy.deepcopy(model.state_dict())
+    ended = time.perf_counter()
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    return {
+        "name": "torch-rechub MMOE (our batches, hand-written loop)",
+        "prepare_s": prepared - started,
+        "e2e_s": ended - started,
+        "epoch_s": epoch_s,
+        "samples": data.train.rows * epochs,
+        "epochs": epochs,
+        "best_epoch": None,
+        "test": evaluate_predictions(_rechub_predict(model, data.spec, data.test), data.test),
+        "checkpoint_mb": None,
     }
 
 
@@ -207,6 +259,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--requests", type=int, default=2460, help="requests per day")
     parser.add_argument("--before-steps", type=int, default=30)
+    parser.add_argument(
+        "--no-manual", dest="manual", action="store_false",
+        help="skip torch-rechub driven by a hand-written loop over our batches",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +291,9 @@ def main() -> None:
             results.append(run_ranker(config, root / f"ranker{round_}"))
             (root / f"rechub{round_}").mkdir()
             results.append(run_rechub(config, root / f"rechub{round_}", args.epochs))
-            for r in results[-2:]:
+            if args.manual:
+                results.append(run_rechub_manual(config, args.epochs))
+            for r in results[-3 if args.manual else -2 :]:
                 print(_row(r, results[1]["samples"] / results[1]["e2e_s"]))
         before = before_issue_16(base, root, args.before_steps)
         body = _report(args, log_rows, import_s, results, before)
@@ -263,7 +321,7 @@ def _report(
     before: dict[str, float],
 ) -> str:
     ours = [r for r in results if r["name"].startswith("ranker")]
-    peer = [r for r in results if not r["name"].startswith("ranker")]
+    peer = [r for r in results if "MTLTrainer" in r["name"]]
     peer_rate = statistics.median(r["samples"] / r["e2e_s"] for r in peer)
     ratios = [
         (o["samples"] / o["e2e_s"]) / (p["samples"] / p["e2e_s"])

@@ -74,7 +74,7 @@ class RequestDecoder:
             gc=False,
         )
         self.item_kinds = dict(item_kinds)
-        self._decoder = msgspec.json.Decoder(body)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(body)
 
     def decode(self, body: bytes) -> DecodedBody | None:
         """The decoded body, or None when it needs the general path (for any reason)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -16,6 +17,7 @@ from serving.impressions import now_ms
 from serving.logs import REQUEST_ID
 from serving.ranking import RankResult, experiment_doc, rank, render
 from serving.schemas import ERRORS, RankResponse
+from serving.served_features import ServedFeatures
 from serving.service import Service
 from serving.validation import parse_request
 
@@ -76,7 +78,7 @@ async def after_response(
     service: Service, result: RankResult, model_version: str, seconds: float
 ) -> None:
     # async so that Starlette runs it inline, not on its thread pool
-    service.impressions.submit(impression(result))
+    service.impressions.submit(impression(result, service.settings.log_features))
     if service.settings.access_log:
         logs.access(
             200,
@@ -88,9 +90,10 @@ async def after_response(
         )
 
 
-def impression(result: RankResult) -> dict[str, Any]:
-    """The impression record; numpy arrays are serialised later, by the writer thread."""
-    return {
+def impression(result: RankResult, log_features: bool = False) -> dict[str, Any]:
+    """The impression record; numpy arrays (and the served features) are serialised later, by
+    the writer thread."""
+    record = {
         "request_id": result.request.request_id,
         "user_id": result.request.user_id,
         "ts": now_ms(),
@@ -102,3 +105,10 @@ def impression(result: RankResult) -> dict[str, Any]:
         "scores": result.scores,
         "predictions": result.predictions,
     }
+    if log_features:
+        request = result.request
+        record["positions"] = np.arange(len(result.item_ids))
+        record["features"] = ServedFeatures(
+            request.user, request.context, result.item_columns, result.order
+        )
+    return record

@@ -30,6 +30,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def encode_default(value: Any) -> Any:
+    """orjson's fallback: record parts built lazily, off the request path (served features)."""
+    to_json = getattr(value, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"cannot serialise {type(value).__name__} in an impression record")
+    return to_json()
+
+
 class Sink(Protocol):
     description: str
 
@@ -38,16 +46,30 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+# JSONL rotation: past ROTATE_BYTES the file becomes <name>.1 (.1 becomes .2, ...), and at most
+# KEEP rotated files are kept, so the log stays under (KEEP + 1) * ROTATE_BYTES plus one batch.
+ROTATE_BYTES = 256 * 1024 * 1024
+KEEP = 4
+
+
 class JsonlSink:
     """Appends one JSON object per line. A batch lands whole or not at all: it is written
     unbuffered, and a failed write (disk full) is cut back to the file's previous length, so the
-    file never holds a torn line or a record that was counted as failed."""
+    file never holds a torn line or a record that was counted as failed. Rotated by size between
+    batches (never inside one), so every file holds whole lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = ROTATE_BYTES, keep: int = KEEP) -> None:
+        if max_bytes < 1 or keep < 1:
+            raise ValueError(f"impression log rotation: max_bytes and keep must be >= 1 ({path})")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.description = f"jsonl {self.path}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, lines: Sequence[bytes]) -> None:
         data = memoryview(b"".join(line + b"\n" for line in lines))
@@ -58,6 +80,23 @@ class JsonlSink:
         except OSError:
             os.ftruncate(self._fd, start)
             raise
+        if os.fstat(self._fd).st_size >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """<name> -> <name>.1 -> ... -> <name>.<keep> (the oldest is replaced); a fresh file."""
+        try:
+            for n in range(self.keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            fd = self._open()
+        except OSError as exc:  # the batch is written; keep appending to the current file
+            log.error("rotating impression log %s: %s", self.path, exc)
+            return
+        os.close(self._fd)
+        self._fd = fd
 
     def close(self) -> None:
         try:
@@ -139,7 +178,10 @@ class ImpressionLog:
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         assert self.sink is not None
-        lines = [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in batch]
+        lines = [
+            orjson.dumps(r, default=encode_default, option=orjson.OPT_SERIALIZE_NUMPY)
+            for r in batch
+        ]
         error: Exception | None = None
         for attempt in range(ATTEMPTS):
             try:

@@ -39,6 +39,8 @@ class RankResult:
     predictions: dict[str, np.ndarray]  # task -> [k], best first
     onnx_seconds: float
     item_ids: list[Any]  # of the returned items, best first
+    # Item feature columns as the encoder got them (request order), for feature logging.
+    item_columns: dict[str, Any]
 
 
 def rank(state: ServingState, request: RankRequest) -> RankResult:
@@ -82,6 +84,7 @@ def rank(state: ServingState, request: RankRequest) -> RankResult:
         predictions={task: values[order] for task, values in predictions.items()},
         onnx_seconds=onnx_seconds,
         item_ids=[request.item_ids[i] for i in order.tolist()],
+        item_columns=items,
     )
 
 

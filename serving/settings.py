@@ -72,6 +72,9 @@ class Settings:
     impression_log: Path | None = Path("out/serving/impressions.jsonl")
     # Redis stream length kept by XADD MAXLEN ~ (approximate trimming is O(1)).
     impression_stream_maxlen: int = 1_000_000
+    # Log the raw features each served item was ranked with (user and context once per request)
+    # and its served position in the impression record: training rows are then what was served.
+    log_features: bool = True
     # Records waiting for the writer; beyond this a record is dropped and counted.
     impression_queue: int = 10_000
     # Seconds between experiment-store polls (pub/sub hints can be lost).

@@ -1,0 +1,59 @@
+"""The features a ranked request was served with, for the impression record (RANKER_LOG_FEATURES).
+
+Training rows built from the log must be what the model saw, not features re-joined later (which
+drift: an item's age, a user's follower count). The record carries the raw values the encoder
+received: user and context once per request, and for the served items one column per item
+feature in served order (position p is index p, as in the record's `positions`). `item_id` is
+left out of the columns: the record's `item_ids` holds it. A feature no candidate carried is
+absent (every item took the spec's default, as a reader of the log does for a missing column).
+
+Building this costs nothing on the request path: `ServedFeatures` keeps references to the
+columns the encoder already received, and the impression writer thread turns it into JSON
+(`impressions.encode_default`) after the response is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ranker.features import Ragged
+
+
+class ServedFeatures:
+    """Not a dataclass: orjson would serialise a dataclass field by field itself, never asking
+    `to_json`."""
+
+    __slots__ = ("context", "items", "order", "user")
+
+    def __init__(
+        self,
+        user: dict[str, Any],  # the request's user object (raw values, user_id included)
+        context: dict[str, Any],  # the request's context object
+        items: dict[str, Any],  # item columns as the encoder got them, in request order
+        order: np.ndarray,  # served position -> index into the request's candidates
+    ) -> None:
+        self.user = user
+        self.context = context
+        self.items = items
+        self.order = order
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's `features` (numpy arrays are left to orjson)."""
+        order = self.order
+        columns = {
+            name: _served(column, order) for name, column in self.items.items() if name != "item_id"
+        }
+        return {"user": self.user, "context": self.context, "items": columns}
+
+
+def _served(column: Any, order: np.ndarray) -> Any:
+    if isinstance(column, np.ndarray):
+        return column[order]
+    if isinstance(column, Ragged):
+        ends = np.cumsum(column.lengths)
+        starts = ends - column.lengths
+        values = column.values
+        return [values[starts[i] : ends[i]].tolist() for i in order.tolist()]
+    return [column[i] for i in order.tolist()]

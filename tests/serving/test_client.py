@@ -10,11 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 
 from serving.client import (
+    AsyncRankerClient,
     RankedItem,
     RankerClient,
     RankerTimeout,
@@ -148,6 +150,28 @@ def test_no_server_and_timeouts(settings: Settings, body: dict[str, Any], tmp_pa
     ):
         client.rank(user, candidates, context)
     assert late.value.attempts == 1  # sent, maybe served: never repeated
+
+
+def test_async_client_ranks_and_names_the_field(
+    settings: Settings, body: dict[str, Any], tmp_path: Path
+) -> None:
+    user, candidates, context = parts(body)
+    bad = [dict(c) for c in candidates]
+    bad[2]["tags"] = "not-a-list"
+
+    async def calls(base: str) -> tuple[Ranking, RequestRejected, dict[str, Any]]:
+        async with AsyncRankerClient(base, retries=0) as client:
+            ranking = await client.rank(user, candidates, context, top_k=3, request_id="a-1")
+            with pytest.raises(RequestRejected) as refused:
+                await client.rank(user, bad, context)
+            return ranking, refused.value, await client.model("ranker", "v0002")
+
+    with server_process(settings, tmp_path) as (base, _):
+        ranking, refused, metadata = anyio.run(calls, base)
+        raw = httpx.post(f"{base}/rank", json={**body, "request_id": "a-1", "top_k": 3}).json()
+    assert ranking == Ranking.from_json(raw) and len(ranking.items) == 3
+    assert refused.status == 422 and refused.field == "candidates[2].tags"
+    assert metadata["model"] == "ranker/v0002"
 
 
 def test_client_arguments_are_checked() -> None:

@@ -239,10 +239,31 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
         position_bias=args.position_bias,
         timeout_s=args.timeout,
         log_dir=None if args.log_dir is None else Path(args.log_dir),
+        events_redis_url=args.events_redis_url,
+        events_stream=args.events_stream,
     )
     summary = run_traffic(World(_world_config(args)), config)
     print("\n".join(summary.lines()))
     return 0 if summary.served else 1
+
+
+def _build_log(args: argparse.Namespace) -> int:
+    from ranker.schema import FeatureSpec
+    from training.build_log import BuildConfig, Source, run_command
+
+    def source(paths: list[str] | None, stream: str) -> Source:
+        return Source(tuple(paths or ()), None if paths else args.redis_url, stream)
+
+    config = BuildConfig(
+        impressions=source(args.impressions, args.impressions_stream),
+        events=source(args.events, args.events_stream),
+        out=Path(args.out),
+        spec=FeatureSpec.load(args.spec) if args.spec else None,
+        late_window_s=args.late_window,
+        open_days=args.open_days,
+        rebuild=args.rebuild,
+    )
+    return run_command(config, args.schedule, args.max_runs)
 
 
 def _ab_report(args: argparse.Namespace) -> int:
@@ -448,7 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--log-dir", help="also write the served rows as day=YYYY-MM-DD/part-traffic-SEED.parquet"
     )
+    st.add_argument("--events-redis-url", help="also add the outcome events to a Redis stream")
+    st.add_argument("--events-stream", default="ranker:events", help="that stream's key")
     _add_world_args(st, "the world of the simulated logs: give the same values as to `simulate`")
+
+    bl = add(
+        "build-log",
+        _build_log,
+        "join served impressions (with their features) and outcome events into training days",
+    )
+    bl.add_argument("--impressions", nargs="+", help="JSONL impression logs (files, directories)")
+    bl.add_argument("--events", nargs="+", help="JSONL outcome events (files, directories)")
+    bl.add_argument("--redis-url", help="read impressions and/or events from Redis streams")
+    bl.add_argument("--impressions-stream", default="ranker:impressions", help="field `record`")
+    bl.add_argument("--events-stream", default="ranker:events", help="field `event`")
+    bl.add_argument("--out", required=True, help="log directory: day=YYYY-MM-DD/ partitions")
+    bl.add_argument("--spec", help="the served model's feature spec (default: the package's)")
+    bl.add_argument("--late-window", type=float, default=3600.0, help="seconds events may lag")
+    bl.add_argument("--open-days", action="store_true", help="also build days still open")
+    bl.add_argument("--rebuild", action="store_true", help="rebuild closed days built before")
+    bl.add_argument("--schedule", metavar="CRON", help="run on a cron schedule (UTC)")
+    bl.add_argument("--max-runs", type=int, help="with --schedule: stop after N runs")
 
     ab = add(
         "ab-report",

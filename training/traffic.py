@@ -18,6 +18,13 @@ the service's impression records by (request_id, item_id); `OUT/summary.json`; a
 (oracle columns = expectations with the position effect, plus `position` and `variant`).
 `ts` is the simulated event time, so the new rows fall on the simulated day. Request ids are
 `day·10¹² + seed·10⁶ + i`: distinct across days and seeds, and from `ranker simulate`'s ids.
+
+It also emits what a client app would send, in the outcome event contract of
+`training.log_inputs`: `OUT/events.jsonl` (and, with `events_redis_url`, the same events added to
+the Redis stream `events_stream`, field `event`): for each clicked item a `click` and a `watch`
+with its seconds, timed on the wall clock after the response (the click (p + 1) s after it, the
+watch when the viewing ends), so `ranker build-log` joins them with the service's impression
+records, which carry the features it served.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ class TrafficConfig:
     timeout_s: float = 10.0  # per request
     ready_timeout_s: float = 60.0  # wait this long for GET /readyz == 200 before sending
     log_dir: Path | None = None  # also write the served rows as a Parquet log partition here
+    events_redis_url: str | None = None  # also XADD the outcome events to this Redis ...
+    events_stream: str = "ranker:events"  # ... stream (field `event`)
 
     def __post_init__(self) -> None:
         check_loopback(self.url)
@@ -138,6 +147,7 @@ class Served:
     watch_time: np.ndarray
     variant: str
     model_version: str
+    answered_ms: int  # wall clock when the response arrived: the events' time base
 
 
 @dataclass
@@ -315,9 +325,9 @@ async def _send(
                 latencies.append(time.perf_counter() - started)
                 seen, click, watch = draw(world, req, items, config.position_bias)
                 label = str(doc.get("experiment", {}).get("label", ""))
-                served.append(
-                    Served(req, items, seen, click, watch, label, str(doc.get("model_version")))
-                )
+                version = str(doc.get("model_version"))
+                answered = time.time_ns() // 1_000_000
+                served.append(Served(req, items, seen, click, watch, label, version, answered))
 
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     return served, latencies, errors, time.monotonic() - begun
@@ -337,6 +347,39 @@ def outcome_lines(served: list[Served]) -> bytes:
                 "ts": req.ts, "variant": s.variant, "model_version": s.model_version,
             }))  # fmt: skip
     return b"".join(line + b"\n" for line in lines)
+
+
+def events(served: list[Served]) -> list[bytes]:
+    """Outcome events (training.log_inputs contract), one JSON document each."""
+    out = []
+    for s in served:
+        request_id = str(s.request.request_id)
+        for position in np.flatnonzero(s.click).tolist():
+            item = int(s.items[position])
+            clicked = s.answered_ms + 1000 * (position + 1)
+            seconds = float(s.watch_time[position])
+            out.append(orjson.dumps({"request_id": request_id, "item_id": item,
+                                     "event": "click", "ts": clicked}))  # fmt: skip
+            out.append(orjson.dumps({"request_id": request_id, "item_id": item, "event": "watch",
+                                     "seconds": seconds, "ts": clicked + round(seconds * 1000)}))  # fmt: skip
+    return out
+
+
+def send_events(url: str, stream: str, lines: list[bytes]) -> None:
+    """XADD the events to a Redis stream (field `event`), in pipelined batches."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        for start in range(0, len(lines), 1000):
+            pipe = client.pipeline(transaction=False)
+            for line in lines[start : start + 1000]:
+                pipe.xadd(stream, {"event": line})
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise TrafficError(f"cannot add events to redis stream {stream}: {exc}") from None
+    finally:
+        client.close()
 
 
 def log_table(world: World, served: list[Served]) -> pa.Table:
@@ -386,8 +429,16 @@ def run_traffic(world: World, config: TrafficConfig) -> TrafficSummary:
     served.sort(key=lambda s: s.request.request_id)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"outcomes": out / "outcomes.jsonl", "summary": out / "summary.json"}
+    files = {
+        "outcomes": out / "outcomes.jsonl",
+        "events": out / "events.jsonl",
+        "summary": out / "summary.json",
+    }
     _write_bytes(files["outcomes"], outcome_lines(served))
+    event_lines = events(served)
+    _write_bytes(files["events"], b"".join(line + b"\n" for line in event_lines))
+    if config.events_redis_url is not None:
+        send_events(config.events_redis_url, config.events_stream, event_lines)
     if config.log_dir is not None and served:
         iso = (date.fromisoformat(world.config.start_date) + timedelta(days=day)).isoformat()
         files["log"] = Path(config.log_dir) / f"day={iso}" / f"part-traffic-{config.seed}.parquet"

@@ -10,7 +10,6 @@ request path pays for the record, not for its JSON or the write.
 from __future__ import annotations
 
 import contextvars
-import copy
 import logging
 import queue
 import sys
@@ -67,12 +66,13 @@ class RequestContext(logging.Filter):
 
 
 class _QueueHandler(QueueHandler):
-    """Hands a copy to the listener with its message and traceback already rendered (the
-    traceback's frames must not outlive the request), and keeps the `extra` fields apart
-    (the stdlib's prepare() folds everything into the message text)."""
+    """Hands the record to the listener with its message and traceback already rendered (the
+    traceback's frames must not outlive the request), and keeps the `extra` fields apart (the
+    stdlib's prepare() folds everything into the message text). The record is changed in place
+    rather than copied: this handler is the root's only one (`configured`), and the rendered
+    message and traceback text are what any other formatter would print anyway."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
         record.msg, record.args = record.getMessage(), None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -118,11 +118,19 @@ def access(
     candidates: int | None = None,
     error_field: str | None = None,
 ) -> None:
-    """The access line of one /rank request (INFO; WARNING for 5xx)."""
-    ACCESS.log(
-        logging.WARNING if status >= 500 else logging.INFO,
+    """The access line of one /rank request (INFO; WARNING for 5xx). Built and handed over
+    directly: Logger.log would also walk the stack to find the caller, which nobody reads here."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if not ACCESS.isEnabledFor(level):
+        return
+    record = ACCESS.makeRecord(
+        ACCESS.name,
+        level,
+        __file__,
+        0,
         "POST /rank %d",
-        status,
+        (status,),
+        None,
         extra={
             "request_id": request_id,
             "model_version": model_version,
@@ -133,3 +141,4 @@ def access(
             "error_field": error_field,
         },
     )
+    ACCESS.handle(record)

@@ -11,6 +11,11 @@ The floor of /rank is `floor server` p50 + the bare ONNX Runtime call on pre-enc
 side once), measured in this process. Goal (issue 6): ranker p50 within 1.3x of that floor at 500.
 The single-connection runs take turns in `--rounds` rounds with the bare ORT call, and the ratio is
 the median of the per-round ratios: this machine is shared, and its speed drifts within a minute.
+
+Feature logging (RANKER_LOG_FEATURES, on by default) is measured in the same run against a second
+`ranker` with it off: single-connection p50 in alternating rounds, 4-connection throughput in
+alternating runs, and the mean impression record size of each (its own section of the doc).
+`--feature-log-only` starts just those two servers.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from training.data import read_log
 from training.export import to_onnx
 from training.simulate import SimulatorConfig, simulate
 
+OFF = "ranker, features off"
 CONFIG = {"num_experts": 8, "expert_units": [256, 128], "tower_units": [64], "embedding_dim": 16}
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,6 +214,85 @@ def interleaved(
     return row
 
 
+def feature_logging(
+    urls: dict[str, str], body_file: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """`ranker` (features on) vs OFF: per-round p50s in alternating order (the drift of a shared
+    machine hits both alike), then 4-connection throughput in alternating runs."""
+    per_round = max(20, args.requests // args.rounds)
+    p50: dict[str, list[float]] = {"ranker": [], OFF: []}
+    pooled: dict[str, list[float]] = {"ranker": [], OFF: []}
+    for round_ in range(args.rounds):
+        for name in ("ranker", OFF) if round_ % 2 == 0 else (OFF, "ranker"):
+            measured = loadgen(
+                urls[name], body_file, "--requests", str(per_round), "--warmup", "5", "--latencies"
+            )
+            p50[name].append(measured["p50"])
+            pooled[name] += measured["latencies_ms"]
+    ratios = [on / off for on, off in zip(p50["ranker"], p50[OFF], strict=True)]
+    throughput: dict[str, list[float]] = {"ranker": [], OFF: []}
+    for run in range(3):
+        for name in ("ranker", OFF) if run % 2 == 0 else (OFF, "ranker"):
+            closed = loadgen(urls[name], body_file, "--mode", "closed", "--requests",
+                             str(args.requests), "--concurrency", "4")  # fmt: skip
+            throughput[name].append(closed["throughput"])
+    return {
+        "on": percentiles(pooled["ranker"]),
+        "off": percentiles(pooled[OFF]),
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+        "rps_on": statistics.median(throughput["ranker"]),
+        "rps_off": statistics.median(throughput[OFF]),
+    }
+
+
+def writer_cost(body: dict[str, Any], spec: Any, repeat: int = 200) -> dict[str, float]:
+    """The impression writer's CPU per record (median us), with and without the served features:
+    the record the service builds for this body (the real parse and item columns), serialised as
+    the writer thread does, alternating the two forms."""
+    import orjson
+
+    from serving.decoding import RequestDecoder
+    from serving.impressions import encode_default
+    from serving.models import FieldKinds
+    from serving.served_features import ServedFeatures
+    from serving.validation import item_columns, parse_request
+
+    kinds = FieldKinds.of(spec)
+    request = parse_request(orjson.dumps(body), 2000, RequestDecoder(kinds.item))
+    columns = item_columns(request, kinds)
+    n = len(request.candidates)
+    order = np.random.default_rng(0).permutation(n)
+    values = np.random.default_rng(1).random(n, dtype=np.float32)
+    base = {
+        "request_id": request.request_id, "user_id": request.user_id, "ts": 0, "model": "ranker",
+        "model_version": "v0001", "variant": "default", "layers": [],
+        "item_ids": [request.item_ids[i] for i in order.tolist()],
+        "scores": values.astype(np.float64),
+        "predictions": {t: values for t in ("click", "watch_time", "completion")},
+    }  # fmt: skip
+    option = orjson.OPT_SERIALIZE_NUMPY
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeat):
+        for key in ("on", "off"):
+            record = dict(base)
+            if key == "on":
+                record["positions"] = np.arange(n)
+                record["features"] = ServedFeatures(request.user, request.context, columns, order)
+            started = time.perf_counter()
+            orjson.dumps(record, default=encode_default, option=option)
+            times[key].append(time.perf_counter() - started)
+    return {key: statistics.median(values) * 1e6 for key, values in times.items()}
+
+
+def record_bytes(path: Path) -> dict[int, float]:
+    """Mean JSON bytes of an impression record, by the number of items it served."""
+    sizes: dict[int, list[int]] = {}
+    for line in path.read_bytes().splitlines() if path.exists() else []:
+        sizes.setdefault(len(json.loads(line)["item_ids"]), []).append(len(line) + 1)
+    return {n: statistics.mean(values) for n, values in sizes.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
@@ -215,6 +300,11 @@ def main() -> None:
         "--rounds", type=int, default=5, help="interleaved rounds the single-connection runs take"
     )
     parser.add_argument("--counts", default="100,500,1000")
+    parser.add_argument(
+        "--feature-log-only",
+        action="store_true",
+        help="only the feature-logging comparison (two ranker servers)",
+    )
     parser.add_argument(
         "--rate", type=float, default=40.0, help="fixed-rate load at 500 candidates (req/s)"
     )
@@ -237,7 +327,9 @@ def main() -> None:
                 }
             )
         )
-        ports = {"ranker": free_port(), "floor server": free_port(), "naive peer": free_port()}
+        ports = {"ranker": free_port(), OFF: free_port()}
+        if not args.feature_log_only:
+            ports.update({"floor server": free_port(), "naive peer": free_port()})
         env = {
             **os.environ,
             "RANKER_REGISTRY": str(tmp / "models"),
@@ -246,26 +338,46 @@ def main() -> None:
             "RANKER_IMPRESSION_LOG": str(tmp / "impressions.jsonl"),
             "RANKER_WARMUP_COUNTS": ",".join(str(c) for c in counts),
             "RANKER_LOG_LEVEL": "warning",
+            "RANKER_LOG_FEATURES": "1",
+        }
+        env_off = {
+            **env,
+            "RANKER_PORT": str(ports[OFF]),
+            "RANKER_IMPRESSION_LOG": str(tmp / "impressions-off.jsonl"),
+            "RANKER_LOG_FEATURES": "0",
         }
         servers = [
             subprocess.Popen([sys.executable, "-m", "serving.server"], env=env, cwd=ROOT),
-            subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.serving.floor_app", str(ports["floor server"])],
-                cwd=ROOT,
-            ),
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.serving.naive_peer",
-                    str(ports["naive peer"]),
-                    str(version_dir),
-                ],
-                cwd=ROOT,
-            ),
+            subprocess.Popen([sys.executable, "-m", "serving.server"], env=env_off, cwd=ROOT),
         ]
+        servers += (
+            []
+            if args.feature_log_only
+            else [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.serving.floor_app",
+                        str(ports["floor server"]),
+                    ],
+                    cwd=ROOT,
+                ),
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.serving.naive_peer",
+                        str(ports["naive peer"]),
+                        str(version_dir),
+                    ],
+                    cwd=ROOT,
+                ),
+            ]
+        )
         try:
             results: dict[int, dict[str, Any]] = {}
+            features: dict[int, dict[str, Any]] = {}
             for n in counts:
                 body = request_body(table, spec, n)
                 body_file = tmp / f"body-{n}.json"
@@ -273,6 +385,12 @@ def main() -> None:
                 urls = {name: f"http://127.0.0.1:{port}/rank" for name, port in ports.items()}
                 for url in urls.values():
                     wait_ready(url, body_file.read_bytes())
+                features[n] = feature_logging(urls, body_file, args)
+                features[n]["writer_us"] = writer_cost(body, spec)
+                features[n]["load"] = os.getloadavg()[1]  # 5-minute average: others' jobs
+                if args.feature_log_only:
+                    continue
+                urls = {k: v for k, v in urls.items() if k != OFF}
                 # The peer runs on its own: PyTorch's worker threads spin after its requests and
                 # would slow whatever ran next on these two cores.
                 floor_and_ranker = {k: v for k, v in urls.items() if k != "naive peer"}
@@ -314,7 +432,50 @@ def main() -> None:
                     server.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     server.kill()
-    print(render(results, args))
+        # Stopped: the impression logs are flushed.
+        for key, log in (("bytes_on", "impressions.jsonl"), ("bytes_off", "impressions-off.jsonl")):
+            for n, size in record_bytes(tmp / log).items():
+                if n in features:
+                    features[n][key] = size
+    print(render_features(features, args))
+    if results:
+        print(render(results, args))
+
+
+def render_features(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
+    flags = " --feature-log-only" if args.feature_log_only else ""
+    lines = [
+        "## Serving: what feature logging costs /rank",
+        "",
+        f"`python -m benchmarks.serving_rank{flags} --requests {args.requests} --rounds {args.rounds}`: "
+        "the real service twice, RANKER_LOG_FEATURES=1 (the default) and =0, same model and body (no top_k: every "
+        "candidate is served and logged); one uvicorn worker each, JSONL impression log, load from a separate "
+        f"process; {machine()}. p50: single connection, {args.rounds} alternating rounds, on / off is the median "
+        "of the per-round ratios (range); throughput: 4 connections, median of 3 alternating runs. The record is "
+        "built after the response; the features are serialised on the impression writer thread, whose CPU per "
+        "record (median of 200, in this process, the service's own parse, columns and encoder) is the last column.",
+        "",
+        "| candidates | p50 on / off | p99 on / off | on / off p50 (range) | req/s on / off (4 conn) | record KB on / off | writer CPU per record on / off |",
+        "|---:|---|---|---:|---|---|---|",
+    ]
+    for n, row in results.items():
+        size = (
+            f"{row['bytes_on'] / 1024:.1f} / {row['bytes_off'] / 1024:.1f}"
+            if "bytes_on" in row and "bytes_off" in row
+            else "-"
+        )
+        lines.append(
+            f"| {n} | {row['on']['p50']:.2f} / {row['off']['p50']:.2f} ms | "
+            f"{row['on']['p99']:.2f} / {row['off']['p99']:.2f} ms | **{row['ratio']:.2f}x** "
+            f"({row['ratio_range'][0]:.2f}-{row['ratio_range'][1]:.2f}) | "
+            f"{row['rps_on']:.0f} / {row['rps_off']:.0f} | {size} | "
+            f"{row['writer_us']['on']:.0f} / {row['writer_us']['off']:.0f} us |"
+        )
+    loads = ", ".join(f"{row['load']:.1f}" for row in results.values())
+    lines += ["", f"Load average (5 min) on the machine at the end of each count: {loads}."]
+    body = "\n".join(lines)
+    write_section("serving_rank_features", body)
+    return body
 
 
 def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:

@@ -155,6 +155,9 @@ class Trainer:
         self.config = config
         self.data = data
         self.encoder = FeatureEncoder(data.spec)
+        # Mixed precision (`train.precision=bfloat16`): the forward's matrix products in bfloat16;
+        # weights, gradients, optimiser state and losses float32; evaluation and export float32.
+        self.bfloat16 = config.train.precision == "bfloat16"
         self.run_dir = run_dir
         self.world = world or World()
         self.progress = progress and self.world.is_main
@@ -234,8 +237,9 @@ class Trainer:
             part = slice(0, 1)
         inputs = self._tensors(batch.inputs, part)
         labels = self._tensors({t: batch.labels[t] for t in self.task_names}, part)
-        out = self.wrapper(inputs, labels)
-        losses = out.losses * share
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
+            out = self.wrapper(inputs, labels)
+        losses = out.losses.float() * share
         wants = self.balancer.wants_gramian(self.step)
         log_equity = self.equity_every > 0 and self.step % self.equity_every == 0
         gramian = self._gramian(losses, out.shared) if (wants or log_equity) else None

@@ -278,3 +278,16 @@ def test_clip_grad_norm_counts_sparse_rows_once() -> None:
     assert total == pytest.approx(float(expected), rel=1e-6)
     assert table.weight.grad is not None
     torch.testing.assert_close(table.weight.grad.to_dense(), twin.weight.grad)
+
+
+def test_bfloat16_mixed_precision_trains_float32_weights(tiny_log: Path, tmp_path: Path) -> None:
+    fp32 = run(tiny_log, tmp_path / "fp32", "train.epochs=1")
+    bf16 = run(tiny_log, tmp_path / "bf16", "train.epochs=1", "train.precision=bfloat16")
+    a, b = model_state(tmp_path / "fp32"), model_state(tmp_path / "bf16")
+    assert all(v.dtype == a[k].dtype for k, v in b.items())  # weights stay float32
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the forward did run in bfloat16
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0.05, atol=0.02, msg=name)
+    assert abs(bf16["test"]["click"]["auc"] - fp32["test"]["click"]["auc"]) < 0.05
+    with pytest.raises(ConfigError, match=r"train\.precision"):
+        load_config(None, ["train.precision=fp8"])

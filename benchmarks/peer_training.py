@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from benchmarks.report import machine, write_section
 from training.config import load_config
 from training.simulate import SimulatorConfig, simulate
-from training.trainer import Trainer, prepare_data
+from training.trainer import PreparedData, Trainer, prepare_data
 
 MODEL = [
     "model.kind=mmoe",
@@ -99,6 +99,7 @@ def main() -> None:
             None, [f"data.paths=[{tmp}]", f"train.batch_size={args.batch}", *MODEL]
         )
         data = prepare_data(config)
+        assert isinstance(data, PreparedData)  # the in-memory path
     ours = Trainer(config, data, Path(tmp), progress=False, equity_every=0)
     peer = rechub_model(data.spec)
     peer_optimizer = torch.optim.Adam(peer.parameters(), lr=1e-3)

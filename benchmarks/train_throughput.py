@@ -77,14 +77,16 @@ class TimedTrainer(Trainer):
 
 
 def run_ranker(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """`ranker train` as the CLI runs it (equity logging every 10 steps), timed."""
     started = time.perf_counter()
     data = prepare_data(config)
+    assert isinstance(data, PreparedData)  # the in-memory path
     prepared = time.perf_counter()
     trainer = TimedTrainer(config, data, run_dir, progress=False)  # as `ranker train` runs
     doc = trainer.fit()
     rows = data.train.rows * doc["epochs_run"]
     return {
-        "name": "ranker MMoE (sparse tables, SparseAdam)",
+        "name": f"ranker MMoE ({config.train.precision}, SparseAdam tables)",
         "prepare_s": prepared - started,
         "e2e_s": trainer.loop_end - started,
         "epoch_s": trainer.epoch_seconds,
@@ -111,6 +113,7 @@ def run_rechub(config: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any
 
     started = time.perf_counter()
     data = prepare_data(config)
+    assert isinstance(data, PreparedData)  # the in-memory path
     prepared = time.perf_counter()
     assert data.test is not None
     x = {k: _numpy(rechub_inputs(data.spec, d.inputs)) for k, d in _splits(data).items()}
@@ -182,6 +185,7 @@ def run_rechub_manual(config: TrainConfig, epochs: int) -> dict[str, Any]:
     fastest way to train it here, so the model step itself is compared too."""
     started = time.perf_counter()
     data = prepare_data(config)
+    assert isinstance(data, PreparedData)  # the in-memory path
     prepared = time.perf_counter()
     assert data.test is not None
     model = rechub_model(data.spec)
@@ -230,6 +234,7 @@ def before_issue_16(base: list[str], root: Path, steps: int) -> dict[str, float]
         [*base, f"data.spec={spec_path}", "optimizer.sparse_embeddings=false", f"out={root}"],
     )
     data = prepare_data(old)
+    assert isinstance(data, PreparedData)  # the in-memory path
     trainer = Trainer(old, data, root / "before", progress=False, equity_every=0)
     batches = data.train.shuffled_batches(old.train.batch_size, seed=0)
     trainer.train_step(next(batches))  # warm-up (allocates Adam's state)
@@ -260,11 +265,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2460, help="requests per day")
     parser.add_argument("--before-steps", type=int, default=30)
     parser.add_argument(
+        "--precisions", nargs="+", default=["float32", "bfloat16"],
+        help="train.precision of the ranker runs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for every run (default: torch's)"
+    )
+    parser.add_argument(
         "--no-manual", dest="manual", action="store_false",
         help="skip torch-rechub driven by a hand-written loop over our batches",
     )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         world = SimulatorConfig(
@@ -283,18 +297,23 @@ def main() -> None:
             f"train.batch_size={args.batch}",
             f"train.epochs={args.epochs}",
             "train.patience=0",
+            f"train.threads={args.threads or 'null'}",
             *MODEL,
         ]
         results: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
-            config = load_config(None, [*base, f"out={root / f'ranker{round_}'}"])
-            results.append(run_ranker(config, root / f"ranker{round_}"))
+            for precision in args.precisions:
+                run_dir = root / f"ranker{round_}{precision}"
+                overrides = [*base, f"out={run_dir}", f"train.precision={precision}"]
+                results.append(run_ranker(load_config(None, overrides), run_dir))
+            config = load_config(None, [*base, f"out={root / 'rechub'}"])
             (root / f"rechub{round_}").mkdir()
             results.append(run_rechub(config, root / f"rechub{round_}", args.epochs))
             if args.manual:
                 results.append(run_rechub_manual(config, args.epochs))
-            for r in results[-3 if args.manual else -2 :]:
-                print(_row(r, results[1]["samples"] / results[1]["e2e_s"]))
+            peer = next(r for r in results[::-1] if "MTLTrainer" in r["name"])
+            for r in results[-(len(args.precisions) + 1 + args.manual) :]:
+                print(_row(r, peer["samples"] / peer["e2e_s"]), flush=True)
         before = before_issue_16(base, root, args.before_steps)
         body = _report(args, log_rows, import_s, results, before)
     print(body)
@@ -322,10 +341,20 @@ def _report(
 ) -> str:
     ours = [r for r in results if r["name"].startswith("ranker")]
     peer = [r for r in results if "MTLTrainer" in r["name"]]
+    manual = [r for r in results if "hand-written" in r["name"]]
     peer_rate = statistics.median(r["samples"] / r["e2e_s"] for r in peer)
+
+    def rate(r: dict[str, Any]) -> float:
+        return float(r["samples"] / r["e2e_s"])
+
     ratios = [
-        (o["samples"] / o["e2e_s"]) / (p["samples"] / p["e2e_s"])
-        for o, p in zip(ours, peer, strict=True)
+        f"{o['name']}: {rate(o) / peer_rate:.2f}x torch-rechub's MTLTrainer"
+        + (
+            f", {rate(o) / statistics.median(map(rate, manual)):.2f}x its model in our loop"
+            if manual
+            else ""
+        )
+        for o in ours
     ]
     rows = [
         "| run | samples/s end to end | vs torch-rechub | samples/s in training epochs | "
@@ -340,7 +369,9 @@ def _report(
             "## Training end to end on a KuaiRand-layout import: ranker vs torch-rechub",
             "",
             f"`python -m benchmarks.train_throughput --epochs {args.epochs} --rounds {args.rounds} "
-            f"--requests {args.requests}`: a simulated world of {args.users:,} users and "
+            f"--requests {args.requests}"
+            + (f" --threads {args.threads}" if args.threads else "")
+            + "`: a simulated world of {args.users:,} users and "
             f"{args.items:,} videos over {args.days} days written as KuaiRand CSVs ({log_rows:,} "
             f"impressions), imported in {import_s:.1f} s with tables sized to the data; "
             f"{train_rows:,} training rows (3 test days, 1 validation day), {args.epochs} epochs, "
@@ -354,8 +385,8 @@ def _report(
             "",
             *rows,
             "",
-            "ranker / torch-rechub end to end, per round: "
-            + ", ".join(f"{r:.2f}x" for r in ratios)
+            "End to end: "
+            + "; ".join(ratios)
             + f". Checkpoint: {ours[0]['checkpoint_mb']:.1f} MB now; before issue 16 (dense Adam, "
             f"tables sized for KuaiRand-27K, {before['params'] / 1e6:.1f}M parameters) "
             f"{before['checkpoint_mb']:.0f} MB and {before['samples_per_s']:,.0f} samples/s "

@@ -118,6 +118,15 @@ class TrainLoop:
 
 
 @dataclass(frozen=True)
+class DebiasConfig:
+    # Position debiasing (ranker.models.position): `pal` fits P(seen | position) x the model's
+    # output once seen, in training only (the log needs a `position` column); `none`: off.
+    position: str = "none"
+    # Positions from this one on share one examination estimate.
+    max_positions: int = 64
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
@@ -126,6 +135,7 @@ class TrainConfig:
     aux: AuxSection = field(default_factory=AuxSection)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoop = field(default_factory=TrainLoop)
+    debias: DebiasConfig = field(default_factory=DebiasConfig)
     # Run directory (checkpoints, metrics.json, plots).
     out: str = "runs/latest"
 
@@ -343,6 +353,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"train.precision: must be 'float32' or 'bfloat16', got {config.train.precision!r}"
         )
+    if config.debias.position not in ("none", "pal"):
+        raise ConfigError(f"debias.position: must be none or pal, got {config.debias.position!r}")
+    if config.debias.position != "none" and config.data.stream:
+        raise ConfigError("debias.position: the streaming path (data.stream) reads no positions")
+    if config.debias.max_positions < 2:
+        raise ConfigError(f"debias.max_positions: must be >= 2, got {config.debias.max_positions}")
     if config.data.shuffle_buffer_rows < 1:
         raise ConfigError(
             f"data.shuffle_buffer_rows: must be >= 1, got {config.data.shuffle_buffer_rows}"

@@ -26,6 +26,9 @@ MS_PER_DAY = 86_400_000
 LOG_SUFFIXES = (".parquet", ".csv")
 # The feature spec an importer writes next to the log it made (e.g. `ranker import-kuairand`).
 LOG_SPEC_FILE = "feature_spec.yaml"
+# Served position (0 = top), in logs built from served traffic (ranker build-log, simulate-traffic
+# --log-dir): read when present, for position debiasing in training (never a model input).
+POSITION_COLUMN = "position"
 
 
 @dataclass
@@ -164,7 +167,7 @@ def read_log(
 ) -> ImpressionLog:
     """Read and validate a log for a feature spec; only the needed columns are read."""
     files = log_files(path)
-    wanted = required_columns(spec) + (list(ORACLE_COLUMNS) if oracle else [])
+    wanted = required_columns(spec) + (list(ORACLE_COLUMNS) if oracle else []) + [POSITION_COLUMN]
     tables: list[pa.Table] = []
     dropped: dict[str, int] = {}
     for file in files:
@@ -211,6 +214,10 @@ def _label_rules(table: pa.Table) -> list[tuple[str, str, np.ndarray]]:
     ]
     for name in ("request_id", "user_id", "item_id"):
         rules.append((name, "missing", table[name].is_null().to_numpy(zero_copy_only=False)))
+    if POSITION_COLUMN in table.column_names:
+        position = floats(POSITION_COLUMN)
+        whole = np.isfinite(position) & (position >= 0) & (position == np.round(position))
+        rules.append((POSITION_COLUMN, "missing, negative or not a whole number", ~whole))
     return rules
 
 
@@ -272,6 +279,8 @@ class EncodedData:
     user_id: np.ndarray
     # Ground-truth expectations when the log carries them (simulator `--oracle`).
     oracle: dict[str, np.ndarray] = field(default_factory=dict)
+    # int64 served position (0 = top) when the log has a `position` column; training only.
+    position: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -289,6 +298,7 @@ class EncodedData:
             self.request_id[index],
             self.user_id[index],
             pick(self.oracle),
+            None if self.position is None else self.position[index],
         )
 
     def slices(self, batch_size: int) -> Iterator[EncodedData]:
@@ -301,6 +311,7 @@ class EncodedData:
                 self.request_id[part],
                 self.user_id[part],
                 {k: v[part] for k, v in self.oracle.items()},
+                None if self.position is None else self.position[part],
             )
 
     def shuffled_batches(self, batch_size: int, seed: int) -> Iterator[EncodedData]:
@@ -327,12 +338,16 @@ def encode_table(table: pa.Table, encoder: FeatureEncoder) -> EncodedData:
         for name in ORACLE_COLUMNS
         if name in table.column_names
     }
+    position = None
+    if POSITION_COLUMN in table.column_names:
+        position = table[POSITION_COLUMN].to_numpy(zero_copy_only=False).astype(np.int64)
     return EncodedData(
         inputs,
         labels,
         table["request_id"].to_numpy(zero_copy_only=False),
         table["user_id"].to_numpy(zero_copy_only=False),
         oracle,
+        position,
     )
 
 
@@ -351,7 +366,7 @@ def iter_encoded(
 
     Yields chunks of at most `batch_rows` rows in file order; shuffle within a buffer if needed.
     """
-    wanted = required_columns(encoder.spec) + list(ORACLE_COLUMNS)
+    wanted = required_columns(encoder.spec) + list(ORACLE_COLUMNS) + [POSITION_COLUMN]
     for file in log_files(path):
         for batch in _iter_file_batches(file, wanted, batch_rows):
             table = pa.Table.from_batches([batch])

@@ -37,6 +37,7 @@ from ranker.balancing.gramian import gramian_on_representation
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import AuxConfig, MultiTaskModel, MultiTaskTrainingModel, build_model
 from ranker.models.inputs import use_sparse_gradients
+from ranker.models.position import PositionBias
 from ranker.schema import FeatureSpec, load_default_spec
 from ranker.tasks import build_tasks
 from training.config import ConfigError, TrainConfig
@@ -127,7 +128,11 @@ def build_training(
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"balancer: {exc}") from None
-    return MultiTaskTrainingModel(model, aux), balancer
+    position = None
+    if config.debias.position == "pal":
+        position = PositionBias(config.debias.max_positions)
+    wrapper = MultiTaskTrainingModel(model, aux, position=position)
+    return wrapper, balancer
 
 
 def _save_json(path: Path, doc: Any) -> None:
@@ -168,6 +173,12 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)
         self.wrapper, self.balancer = build_training(config, data.spec)
+        if self.wrapper.position is not None and getattr(data.train, "position", None) is None:
+            raise ConfigError(
+                f"debias.position={config.debias.position}: the training days of "
+                f"{list(config.data.paths)} have no `position` column in every file (ranker "
+                "build-log and simulate-traffic --log-dir write it); or set debias.position=none"
+            )
         self.device = torch.device(self.world.device)
         self.wrapper.to(self.device)
         self.balancer.to(self.device)
@@ -238,7 +249,10 @@ class Trainer:
         inputs = self._tensors(batch.inputs, part)
         labels = self._tensors({t: batch.labels[t] for t in self.task_names}, part)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
-            out = self.wrapper(inputs, labels)
+            position = None
+        if self.wrapper.position is not None and batch.position is not None:
+            position = self._tensors({"position": batch.position}, part)["position"]
+        out = self.wrapper(inputs, labels, position)
         losses = out.losses.float() * share
         wants = self.balancer.wants_gramian(self.step)
         log_equity = self.equity_every > 0 and self.step % self.equity_every == 0
@@ -444,6 +458,9 @@ class Trainer:
         }
         if self.data.test is not None:
             doc["test"] = self._evaluate(best, self.data.test)
+        if self.wrapper.position is not None:  # the best epoch's P(seen | position)
+            curve = torch.load(self.run_dir / BEST, weights_only=True)["examination"]
+            doc["examination"] = [round(float(v), 4) for v in curve]
         _save_json(self.run_dir / "metrics.json", doc)
         from training.plots import plot_run
 
@@ -465,6 +482,10 @@ class Trainer:
                     "valid": self.data.split.valid,
                     "test": self.data.split.test,
                 },
+                # Training only, never exported: P(seen | position) of the position tower.
+                "examination": (
+                    None if self.wrapper.position is None else self.wrapper.position.examination()
+                ),
             },
             path,
         )

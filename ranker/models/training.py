@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from ranker.models.aux_heads import AuxConfig, check_smaller_than_tower, make_aux_head
 from ranker.models.base import MultiTaskModel
 from ranker.models.losses import task_loss
+from ranker.models.position import PositionBias
+from ranker.tasks import Task
 
 
 class TrainingStep(NamedTuple):
@@ -41,12 +43,21 @@ class MultiTaskTrainingModel(nn.Module):
     Balancers take per-task gradients either on `shared_parameters()` (dense, never embeddings) or,
     cheaply, on `TrainingStep.shared`; the trainer then runs one backward of sum_k w_k losses[k].
     `gate_usage` holds the last batch's mean gate weight per expert (detached) for logging.
+    `position` (training only, ranker.models.position) fits every loss at the row's served
+    position, P(seen | position) times the model's output once seen; the model never reads it.
     """
 
-    def __init__(self, model: MultiTaskModel, aux: AuxConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        aux: AuxConfig | None = None,
+        *,
+        position: PositionBias | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.aux = aux
+        self.position = position
         self.aux_heads = nn.ModuleDict()
         if aux is not None:
             names = model.task_names if aux.tasks is None else aux.tasks
@@ -67,22 +78,35 @@ class MultiTaskTrainingModel(nn.Module):
     def task_names(self) -> tuple[str, ...]:
         return self.model.task_names
 
-    def forward(self, inputs: Mapping[str, Tensor], labels: Mapping[str, Tensor]) -> TrainingStep:
-        """inputs: encoded features (see ranker.models.inputs); labels: task -> [N] natural units."""
+    def forward(
+        self,
+        inputs: Mapping[str, Tensor],
+        labels: Mapping[str, Tensor],
+        position: Tensor | None = None,
+    ) -> TrainingStep:
+        """inputs: encoded features (see ranker.models.inputs); labels: task -> [N] natural units;
+        position: [N] served positions (0 = top), required with a position tower."""
         missing = [t for t in self.task_names if t not in labels]
         if missing:
             raise KeyError(f"labels missing for tasks {missing}; got {sorted(labels)}")
+        if self.position is not None and position is None:
+            raise ValueError("this training model debiases position: pass each row's position")
+        tower = self.position
+
+        def loss(t: Task, raw: Tensor) -> Tensor:
+            if tower is not None and position is not None:
+                raw = tower.observed_raw(t, raw, position)
+            return task_loss(t, raw, labels[t.name])
+
         parts = self.model.forward_parts(inputs)
-        main = torch.stack(
-            [task_loss(t, parts.raw[t.name], labels[t.name]) for t in self.model.tasks]
-        )
+        main = torch.stack([loss(t, parts.raw[t.name]) for t in self.model.tasks])
         aux_losses = None
         losses = main
         if self.aux is not None:
             zero = main.new_zeros(())
             aux_losses = torch.stack(
                 [
-                    task_loss(t, self.aux_heads[t.name](parts.tower_inputs[t.name]), labels[t.name])
+                    loss(t, self.aux_heads[t.name](parts.tower_inputs[t.name]))
                     if t.name in self.aux_heads
                     else zero
                     for t in self.model.tasks
@@ -98,9 +122,12 @@ class MultiTaskTrainingModel(nn.Module):
     def param_groups(
         self, lr: float, task_lr: Mapping[str, float] | None = None
     ) -> list[dict[str, Any]]:
-        """The model's groups with each auxiliary head added to its task's group."""
+        """The model's groups with each auxiliary head added to its task's group and the position
+        tower to `shared`."""
         groups = self.model.param_groups(lr, task_lr)
         for group in groups:
+            if group["name"] == "shared" and self.position is not None:
+                group["params"] = group["params"] + list(self.position.parameters())
             if group["name"] in self.aux_heads:
                 group["params"] = group["params"] + list(self.aux_heads[group["name"]].parameters())
         return groups

@@ -27,11 +27,11 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
-from benchmarks.report import machine
+from benchmarks.report import machine, write_section
 from benchmarks.serving_rank import (
     ROOT,
     build_registry,
@@ -78,6 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="commit whose serving/ is A")
     parser.add_argument("--head", help="commit whose serving/ is B (default: the working tree)")
+    parser.add_argument(
+        "--env-b", action="append", default=[], help="NAME=VALUE for B only (e.g. a switch)"
+    )
     parser.add_argument("--count", type=int, default=500, help="candidates per request")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300, help="per server, all rounds")
@@ -121,12 +124,15 @@ def main() -> None:
         for name, code in trees.items():
             port = free_port()
             server_env = {**env, "RANKER_IMPRESSION_LOG": str(tmp / f"impressions-{name}.jsonl")}
+            if name == "B":
+                server_env.update(item.split("=", 1) for item in args.env_b)
             servers.append(start(code, server_env, port, tmp / f"server-{name}.log"))
             urls[name] = f"http://127.0.0.1:{port}/rank"
             pids[name] = servers[-1].pid
         try:
             for url in urls.values():
                 wait_ready(url, body_file.read_bytes())
+            load_before = os.getloadavg()[0]
             result = rounds(urls, pids, body_file, args)
             log_lines = {n: (tmp / f"server-{n}.log").read_text().count("\n") for n in trees}
         finally:
@@ -137,21 +143,39 @@ def main() -> None:
                     server.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     server.kill()
-    result.update(
-        base=args.base,
-        head=args.head or "working tree",
-        count=args.count,
-        machine=machine(),
-        log_lines=log_lines,
-    )
+    result.update(base=args.base, head=args.head or "working tree", count=args.count)
+    result.update(machine=machine(), log_lines=log_lines, load=(load_before, os.getloadavg()[0]))
     print(json.dumps(result))
+    print(render(result, args))
+
+
+def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     a, b = result["A"], result["B"]
-    print(
+    low, high = result["ratio_range"]
+    cpu = result["cpu_ms_per_request"]
+    head = f"`{args.head}`" if args.head else "this working tree"
+    lines = [
+        "## Serving A/B: this serving code against a base commit",
+        "",
+        f"`python -m benchmarks.serving_ab --base {args.base}"
+        + (f" --head {args.head}" if args.head else "")
+        + "".join(f" --env-b {item}" for item in args.env_b)
+        + f" --count {args.count} --rounds {args.rounds} --requests {args.requests}`: "
+        f"A = serving/ of `{args.base}`, B = serving/ of {head}, both on ranker/ of `{args.base}`; "
+        "the serving_rank benchmark's MMoE, one uvicorn worker each, log level info (stderr to a "
+        f"file), single connection, rounds alternating A and B; {result['machine']}; load average "
+        f"{result['load'][0]:.1f} at the start, {result['load'][1]:.1f} at the end.",
+        "",
+        "| candidates | A p50 / p99 | B p50 / p99 | B / A p50 (median of rounds, range) "
+        "| CPU per request A / B | B / A CPU |",
+        "|---:|---|---|---:|---|---:|",
         f"| {args.count} | {a['p50']:.2f} / {a['p99']:.2f} ms | {b['p50']:.2f} / {b['p99']:.2f} ms "
-        f"| {result['ratio']:.3f} ({result['ratio_range'][0]:.3f}-{result['ratio_range'][1]:.3f}) "
-        f"| {result['cpu_ms_per_request']['A']:.2f} / {result['cpu_ms_per_request']['B']:.2f} ms "
-        f"| {result['cpu_ratio']:.3f} |"
-    )
+        f"| **{result['ratio']:.3f}** ({low:.2f}-{high:.2f}) "
+        f"| {cpu['A']:.2f} / {cpu['B']:.2f} ms | **{result['cpu_ratio']:.3f}** |",
+    ]
+    body = "\n".join(lines)
+    write_section("serving_ab", body)
+    return body
 
 
 def rounds(
@@ -159,7 +183,7 @@ def rounds(
 ) -> dict[str, Any]:
     per_round = max(20, args.requests // args.rounds)
     warmup = 5
-    pooled: dict[str, list[float]] = {name: [] for name in urls}
+    pooled: dict[str, list[Any]] = {name: [] for name in urls}
     cpu = {name: 0.0 for name in urls}
     ratios = []
     for i in range(args.rounds):
@@ -177,7 +201,7 @@ def rounds(
                 "--latencies",
             )
             cpu[name] += cpu_seconds(pids[name]) - before
-            pooled[name] += measured["latencies_ms"]
+            pooled[name].extend(cast(list[float], measured["latencies_ms"]))
             p50[name] = measured["p50"]
         ratios.append(p50["B"] / p50["A"])
     out: dict[str, Any] = {name: percentiles(values) for name, values in pooled.items()}

@@ -83,13 +83,39 @@ def module_file(module: str) -> Path | None:
     return None
 
 
-def imports(path: Path) -> set[str]:
-    """Absolute names of every module imported anywhere in the file (also inside functions)."""
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(k, ast.Name) and k.id in _IMPORT_ERRORS for k in kinds)
+
+
+def _guarded_nodes(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside `try:` blocks that catch ImportError: optional dependencies."""
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+            for statement in node.body:
+                guarded |= {id(n) for n in ast.walk(statement)}
+    return guarded
+
+
+def imports(path: Path, *, optional: bool | None = False) -> set[str]:
+    """Absolute names of the modules imported anywhere in the file (also inside functions).
+
+    optional=False: the required imports; True: only those inside a `try: ... except
+    ImportError` (an optional extra provides them); None: both.
+    """
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    guarded = _guarded_nodes(tree)
+    for node in ast.walk(tree):
+        if optional is not None and (id(node) in guarded) != optional:
+            continue
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):

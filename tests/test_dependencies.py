@@ -14,7 +14,17 @@ import sys
 
 import pytest
 
-from tests.imports import ROOT, closure, declared, distribution, imports, is_third_party, packages
+from tests.imports import (
+    ROOT,
+    closure,
+    declared,
+    distribution,
+    imports,
+    is_third_party,
+    norm,
+    packages,
+    pyproject,
+)
 
 # What the serving install must never carry: torch and what only training needs.
 TRAINING_ONLY = {"torch", "onnx", "onnxscript", "optuna", "matplotlib", "tqdm"}
@@ -71,11 +81,29 @@ def test_every_declared_dependency_is_imported_or_has_a_reason() -> None:
     imported = {
         distribution(name.split(".")[0])
         for path in _all_files()
-        for name in imports(path)
+        for name in imports(path, optional=None)
         if is_third_party(name.split(".")[0]) and name.split(".")[0] not in packages()
     }
     unused = set(declared("train")) - imported - set(NOT_IMPORTED)
     assert not unused, f"pyproject.toml declares {sorted(unused)}, which nothing imports"
+
+
+def test_optional_imports_are_declared_by_an_extra() -> None:
+    """An import guarded by `except ImportError` is an optional feature: some extra brings it."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    offered = {name for extra in extras for name in declared(extra)}
+    for path in _all_files():
+        for name in imports(path, optional=True):
+            top = name.split(".")[0]
+            if not is_third_party(top) or top in packages():
+                continue
+            try:
+                dist = distribution(top)
+            except AssertionError:  # not installed here: the module's name is the best guess
+                dist = norm(top)
+            assert dist in offered, (
+                f"{path.relative_to(ROOT)} imports {top} optionally, but no extra declares {dist}"
+            )
 
 
 def test_the_gpu_extra_swaps_onnxruntime_instead_of_adding_a_second_one() -> None:

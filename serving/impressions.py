@@ -178,10 +178,19 @@ class ImpressionLog:
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         assert self.sink is not None
-        lines = [
-            orjson.dumps(r, default=encode_default, option=orjson.OPT_SERIALIZE_NUMPY)
-            for r in batch
-        ]
+        lines = []
+        for record in batch:
+            try:
+                lines.append(
+                    orjson.dumps(record, default=encode_default, option=orjson.OPT_SERIALIZE_NUMPY)
+                )
+            except TypeError as exc:  # one bad record is counted, never the writer's end
+                self.failed += 1
+                log.error(
+                    "impression record %s not serialisable: %s", record.get("request_id"), exc
+                )
+        if not lines:
+            return
         error: Exception | None = None
         for attempt in range(ATTEMPTS):
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ranker.features import Ragged
 
@@ -56,4 +57,6 @@ def _served(column: Any, order: np.ndarray) -> Any:
         starts = ends - column.lengths
         values = column.values
         return [values[starts[i] : ends[i]].tolist() for i in order.tolist()]
+    if isinstance(column, pa.Array | pa.ChunkedArray):  # the general path's list columns
+        return column.take(pa.array(order)).to_pylist()
     return [column[i] for i in order.tolist()]

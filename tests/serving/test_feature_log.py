@@ -139,3 +139,26 @@ def test_served_columns_follow_the_served_order() -> None:
             "tags": [[3], [1, 2], []],
         },
     }
+
+
+def test_arrow_list_columns_of_the_general_path_are_served_as_lists() -> None:
+    import pyarrow as pa
+
+    from serving.served_features import ServedFeatures
+
+    items = {"tags": pa.array([[1, 2], None, [3]], type=pa.list_(pa.int64()))}
+    doc = ServedFeatures({"user_id": 1}, {}, items, np.array([2, 0, 1])).to_json()
+    assert orjson.loads(orjson.dumps(doc))["items"] == {"tags": [[3], [1, 2], None]}
+
+
+def test_a_record_that_cannot_be_serialised_is_counted_and_the_writer_keeps_going(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "impressions.jsonl"
+    log = ImpressionLog(JsonlSink(path), capacity=100)
+    log.start()
+    log.submit({"request_id": "bad", "features": object()})
+    log.submit({"request_id": "good"})
+    log.close()
+    assert log.failed == 1 and log.written == 1
+    assert [r["request_id"] for r in records(path)] == ["good"]

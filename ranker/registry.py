@@ -3,7 +3,8 @@
 A version directory is complete or absent. `publish` writes both files into a hidden temporary
 directory beside the versions, fsyncs them, then renames it to the next version (`v0001`, `v0002`,
 ...); a publish killed midway leaves only a `.tmp-*` directory, which is never listed as a version.
-The manifest holds the sha256 of model.onnx; `verify` refuses a file whose hash differs.
+The manifest holds the sha256 of model.onnx; `verify` refuses a file whose hash differs. Each
+version also gets a MODEL_CARD.md rendered from its manifest and its parent's (ranker.model_card).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ranker.model_card import CARD_FILE, render_card
 from ranker.schema import FeatureSpec
 
 MODEL_FILE = "model.onnx"
@@ -221,6 +223,18 @@ def model_path(root: str | Path, name: str, version: str) -> Path:
 
 
 # -- publishing ------------------------------------------------------------------------------
+def _parent_doc(root: str | Path, name: str, parent: str | None) -> dict[str, Any] | None:
+    """The replaced version's manifest (`v0003` of the same model or `other/v0003`) for the model
+    card; None when there is none or it cannot be read (the card says so)."""
+    if parent is None:
+        return None
+    ref = parent if "/" in parent else f"{name}/{parent}"
+    try:
+        return load_manifest(Path(root) / ref).to_dict()
+    except RegistryError:
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -309,6 +323,8 @@ def publish(
                 exporter=dict(exporter),
             )
             _write_synced(tmp / MANIFEST_FILE, manifest.to_json().encode())
+            card = render_card(manifest.to_dict(), _parent_doc(root, name, parent))
+            _write_synced(tmp / CARD_FILE, card.encode())
             _fsync_dir(tmp)
             target = folder / manifest.version
             if target.exists():  # rename(2) would replace an empty directory

@@ -53,6 +53,7 @@ def test_publish_numbers_versions_and_manifests_round_trip(tmp_path: Path) -> No
     assert list_versions(tmp_path, "ranker") == ["v0001", "v0002"]
     assert latest_version(tmp_path, "ranker") == "v0002"
     assert sorted(p.name for p in (tmp_path / "ranker" / "v0002").iterdir()) == [
+        "MODEL_CARD.md",
         "manifest.json",
         "model.onnx",
     ]

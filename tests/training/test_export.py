@@ -97,7 +97,17 @@ def test_export_publishes_a_checked_version(exported: dict[str, Exported]) -> No
     assert list_versions(registry, "ranker") == ["v0001", "v0002"]
     for kind, item in exported.items():
         folder = registry / "ranker" / item.manifest.version
-        assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "MODEL_CARD.md",
+            "manifest.json",
+            "model.onnx",
+        ]
+        card = (folder / "MODEL_CARD.md").read_text()
+        for task, scores in item.manifest.metrics["test"].items():
+            if task in item.manifest.task_names:
+                assert f"| {task} | rmse | " in card or f"| {task} | auc | " in card
+                value = scores.get("auc", scores.get("rmse"))
+                assert f"{value:.4f}" in card
         assert verify(folder) == item.manifest == load_manifest(folder)
         proto = onnx.load(folder / "model.onnx")
         onnx.checker.check_model(proto, full_check=True)

@@ -434,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. gate.min_improvement=0.002 train.train.epochs=2",
     )
 
+    from training import config_cli
+
+    config_cli.add_arguments(
+        add("config", config_cli.run, "print a config's JSON Schema or the resolved config")
+    )
+
     sv = add(
         "serve",
         _serve,

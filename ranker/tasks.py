@@ -22,7 +22,9 @@ Tasks, in the fixed output order of every model and manifest:
   P(W > 0) * exp(m) = E[watch seconds]. The recommended watch-time loss.
 - `completion`: min(watch_time / duration, 1) in [0, 1]. BCE on the logit with soft labels (a bounded
   regression; a proper scoring rule for the mean, so its minimiser is E[completion]); output:
-  sigmoid, in [0, 1].
+  sigmoid, in [0, 1]. `zi_bce`: two raw outputs, the logits of P(completion > 0) (a click) and of
+  E[completion | completion > 0]; loss: BCE on completion > 0 plus the soft-label BCE of the
+  positive rows (per impression); output their product, E[completion].
 
 Unclicked impressions carry watch_time 0 and completion 0: both regressions predict the expectation
 over all impressions, not conditional on a click. The torch side (`ranker.models.losses`) implements
@@ -50,10 +52,10 @@ TASK_KINDS: dict[str, TaskKind] = {
 TASK_LOSSES: dict[str, tuple[str, ...]] = {
     "click": ("bce",),
     "watch_time": ("log_mse", "mse", "ziln", "zi_gamma"),
-    "completion": ("bce",),
+    "completion": ("bce", "zi_bce"),
 }
 # Raw outputs per row of a loss (what the tower emits); losses not listed have one.
-LOSS_WIDTHS: dict[str, int] = {"ziln": 3, "zi_gamma": 2}
+LOSS_WIDTHS: dict[str, int] = {"ziln": 3, "zi_gamma": 2, "zi_bce": 2}
 
 
 class TaskError(ValueError):

@@ -92,6 +92,9 @@ class OptimizerConfig:
     # Row-sparse embedding gradients + SparseAdam (only the rows a batch reads are updated);
     # false: dense gradients and Adam on the tables too (every row, every step).
     sparse_embeddings: bool = True
+    # L2 penalty on the embeddings a batch reads: embedding_l2 * mean squared norm of a row's
+    # field embeddings, added to the loss outside the balancer (0: off).
+    embedding_l2: float = 0.0
     # Clip the global gradient norm (0: off).
     clip_norm: float = 0.0
 
@@ -263,7 +266,7 @@ def drop_foreign_params(doc: dict[str, Any]) -> list[str]:
     `balancer.params` that belong to another balancer; one note per removed key.
 
     So switching `model.kind` or `balancer.name` on a config written for another one is one key
-    (configs/train.yaml sets MMoE and EMTL fields). A key no architecture or balancer knows stays,
+    (configs/train.yaml sets MMoE fields). A key no architecture or balancer knows stays,
     and `validate` names it.
     """
     from ranker.balancing import BALANCERS, balancer_params
@@ -332,6 +335,10 @@ def validate(config: TrainConfig) -> None:
     for key, value in (("train.epochs", loop.epochs), ("train.batch_size", loop.batch_size)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if config.optimizer.embedding_l2 < 0:
+        raise ConfigError(
+            f"optimizer.embedding_l2: must be >= 0, got {config.optimizer.embedding_l2}"
+        )
     if config.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr: must be > 0, got {config.optimizer.lr}")
     for task, lr in config.optimizer.task_lr.items():

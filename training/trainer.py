@@ -131,7 +131,7 @@ def build_training(
     position = None
     if config.debias.position == "pal":
         position = PositionBias(config.debias.max_positions)
-    wrapper = MultiTaskTrainingModel(model, aux, position=position)
+    wrapper = MultiTaskTrainingModel(model, aux, config.optimizer.embedding_l2, position=position)
     return wrapper, balancer
 
 
@@ -263,6 +263,8 @@ class Trainer:
         regulariser = self.balancer.regulariser()
         if regulariser is not None:
             total = total + regulariser * share  # the shares sum to 1 over ranks
+        if out.penalty is not None:  # embedding L2: no task's, so outside the balancer
+            total = total + out.penalty * share
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)

@@ -60,6 +60,9 @@ class SimulatorConfig:
     popularity_walk: float = 0.3  # std of the daily log-popularity random-walk step
     click_base: float = -1.5  # global click logit offset (sets the click rate, ~0.3)
     completion_concentration: float = 3.0  # Beta a + b of completion given click; lower = noisier
+    # Task conflict: the item clickbait factor's weight, + in the click logit and - in the
+    # completion logit (0: none; the held-out worlds of issue 14 used 0.6).
+    task_conflict: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "authors", "days", "requests_per_day", "min_impressions",
@@ -84,6 +87,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.popularity_walk < 0:
             raise ValueError(f"popularity_walk must be >= 0, got {self.popularity_walk}")
+        if self.task_conflict < 0:
+            raise ValueError(f"task_conflict must be >= 0, got {self.task_conflict}")
         if self.completion_concentration <= 0:
             raise ValueError(
                 f"completion_concentration must be > 0, got {self.completion_concentration}"
@@ -336,7 +341,7 @@ class World:
             + self.user_click_bias[user_idx]
             + self.item_click_quality[item_idx]
             + dots[:, 0]
-            + 0.5 * clickbait
+            + self.config.task_conflict * clickbait
             + 0.3 * self.item_trend[item_idx, self.day_of(ts)]
             - 0.08 * np.log1p(age_days)  # freshness
             + TAB_CLICK[tab]
@@ -348,7 +353,7 @@ class World:
             + self.user_completion_bias[user_idx]
             + self.item_completion_quality[item_idx]
             + dots[:, 1]
-            - 0.5 * clickbait
+            - self.config.task_conflict * clickbait
             - 0.6 * np.log(duration / 30.0)  # long videos complete less
             + DEVICE_COMPLETION[device]
         )

@@ -76,6 +76,24 @@ def _zi_gamma_mean(raw: Tensor) -> Tensor:
     return torch.sigmoid(logit) * torch.exp(log_mean.clamp(max=MAX_LOG_SECONDS))
 
 
+def _zi_bce_loss(raw: Tensor, label: Tensor) -> Tensor:
+    """For a label in [0, 1] that is 0 exactly when nothing happened (completion without a click):
+    BCE of P(y > 0) plus, on the positive rows, the soft-label BCE of E[y | y > 0]. Both parts are
+    proper scoring rules, so their product estimates E[y]; the noisy conditional part is learned
+    from the rows that carry it only."""
+    logit, cond_logit = raw.unbind(-1)
+    positive = label > 0
+    bce = F.binary_cross_entropy_with_logits(logit, positive.to(raw.dtype))
+    cond = F.binary_cross_entropy_with_logits(cond_logit, label, reduction="none")
+    return bce + torch.where(positive, cond, torch.zeros_like(cond)).mean()
+
+
+def _zi_bce_mean(raw: Tensor) -> Tensor:
+    """E[y] = P(y > 0) * E[y | y > 0], in [0, 1]."""
+    logit, cond_logit = raw.unbind(-1)
+    return torch.sigmoid(logit) * torch.sigmoid(cond_logit)
+
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 OutputFn = Callable[[Tensor], Tensor]
 
@@ -87,6 +105,7 @@ LOSSES: dict[str, tuple[LossFn, OutputFn]] = {
     "mse": (F.mse_loss, lambda raw: raw.clamp_min(0.0)),
     "ziln": (_ziln_loss, _ziln_mean),
     "zi_gamma": (_zi_gamma_loss, _zi_gamma_mean),
+    "zi_bce": (_zi_bce_loss, _zi_bce_mean),
 }
 
 

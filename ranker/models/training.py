@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ranker.models.aux_heads import AuxConfig, check_smaller_than_tower, make_aux_head
 from ranker.models.base import MultiTaskModel
+from ranker.models.interactions import embedded_fields
 from ranker.models.losses import task_loss
 from ranker.models.position import PositionBias
 from ranker.tasks import Task
@@ -35,6 +36,9 @@ class TrainingStep(NamedTuple):
     shared: tuple[Tensor, ...]
     # gate name -> [N, E] gate weights of this batch.
     gates: dict[str, Tensor]
+    # embedding_l2 * mean squared norm of the batch's field embeddings (None when off): added to
+    # the balanced loss by the trainer, outside the balancer (it belongs to no task).
+    penalty: Tensor | None = None
 
 
 class MultiTaskTrainingModel(nn.Module):
@@ -43,6 +47,9 @@ class MultiTaskTrainingModel(nn.Module):
     Balancers take per-task gradients either on `shared_parameters()` (dense, never embeddings) or,
     cheaply, on `TrainingStep.shared`; the trainer then runs one backward of sum_k w_k losses[k].
     `gate_usage` holds the last batch's mean gate weight per expert (detached) for logging.
+    `embedding_l2` > 0 adds an L2 penalty on the embeddings each batch reads (the rows touched,
+    as matrix factorisation regularises them): sparse optimisers have no weight decay, and id
+    embeddings seen a few hundred times memorise their rows without it.
     `position` (training only, ranker.models.position) fits every loss at the row's served
     position, P(seen | position) times the model's output once seen; the model never reads it.
     """
@@ -51,12 +58,16 @@ class MultiTaskTrainingModel(nn.Module):
         self,
         model: MultiTaskModel,
         aux: AuxConfig | None = None,
+        embedding_l2: float = 0.0,
         *,
         position: PositionBias | None = None,
     ) -> None:
         super().__init__()
+        if not embedding_l2 >= 0:
+            raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
         self.model = model
         self.aux = aux
+        self.embedding_l2 = embedding_l2
         self.position = position
         self.aux_heads = nn.ModuleDict()
         if aux is not None:
@@ -114,20 +125,36 @@ class MultiTaskTrainingModel(nn.Module):
             )
             losses = main + self.aux.gamma * aux_losses
         self.gate_usage = {k: w.detach().mean(dim=0) for k, w in parts.gates.items()}
-        return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates)
+        penalty = self._embedding_penalty(inputs) if self.embedding_l2 > 0 else None
+        return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates, penalty)
+
+    def _embedding_penalty(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """embedding_l2 * per-row mean of the squared norms of the row's field embeddings."""
+        layer = self.model.inputs
+        norms = [
+            x[:, : embedded_fields(group) * group.embedding_dim].pow(2).sum(dim=1).mean()
+            for group, x in zip((layer.user, layer.item), layer(inputs), strict=True)
+        ]
+        return self.embedding_l2 * torch.stack(norms).sum()
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.model.shared_parameters()
 
     def param_groups(
-        self, lr: float, task_lr: Mapping[str, float] | None = None
+        self,
+        lr: float,
+        task_lr: Mapping[str, float] | None = None,
+        position_lr: float | None = None,
     ) -> list[dict[str, Any]]:
-        """The model's groups with each auxiliary head added to its task's group and the position
-        tower to `shared`."""
+        """The model's groups with each auxiliary head added to its task's group, and the position
+        tower as group `position` at `position_lr` (default `lr`)."""
         groups = self.model.param_groups(lr, task_lr)
         for group in groups:
-            if group["name"] == "shared" and self.position is not None:
-                group["params"] = group["params"] + list(self.position.parameters())
             if group["name"] in self.aux_heads:
                 group["params"] = group["params"] + list(self.aux_heads[group["name"]].parameters())
+        if self.position is not None:
+            rate = lr if position_lr is None else position_lr
+            groups.append(
+                {"name": "position", "params": list(self.position.parameters()), "lr": rate}
+            )
         return groups

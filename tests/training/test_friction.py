@@ -55,11 +55,17 @@ def test_readme_example_switches_balancer_and_architecture_with_one_key_each(
             REPO / "configs" / "train.yaml",
             ["balancer.name=uw", "model.kind=ple", "train.epochs=6"],
         )
-    assert config.model.kind == "ple" and config.balancer.name == "uw"
-    assert "num_experts" not in config.model.config and not config.balancer.params
-    notes = " ".join(caplog.messages)
-    assert "model.config.num_experts dropped: a parameter of mmoe" in notes
-    assert "not of balancer.name=uw" in notes
+        assert config.model.kind == "ple" and config.balancer.name == "uw"
+        assert "num_experts" not in config.model.config
+        assert "model.config.num_experts dropped: a parameter of mmoe" in " ".join(caplog.messages)
+        # EMTL's parameters given for another balancer go the same way.
+        config = load_config(
+            REPO / "configs" / "train.yaml",
+            ["balancer.name=emtl", "balancer.params.rho=0.2", "balancer.name=uw"],
+        )
+    assert config.balancer.name == "uw" and not config.balancer.params
+    assert "balancer.params.rho dropped: a parameter of" in " ".join(caplog.messages)
+    assert "not of balancer.name=uw" in " ".join(caplog.messages)
     # A key that no architecture has is still an error that names it.
     with pytest.raises(ConfigError, match=r"model\.config\.num_exprts: unknown ple field"):
         load_config(

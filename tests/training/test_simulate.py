@@ -216,6 +216,7 @@ def test_world_answers_a_closed_loop_request() -> None:
         ("latent_dim", 2),
         ("popularity_walk", -1.0),
         ("completion_concentration", 0.0),
+        ("task_conflict", -0.1),
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: object) -> None:
@@ -226,3 +227,19 @@ def test_invalid_config_names_the_field(field: str, value: object) -> None:
 def test_too_few_items_for_a_request_is_rejected() -> None:
     with pytest.raises(ValueError, match="items"):
         SimulatorConfig(items=30, max_impressions=30)
+
+
+def test_task_conflict_sets_how_clickbait_splits_click_and_completion() -> None:
+    """Per item, P(click) and E[completion | click] move apart as the conflict grows."""
+    rng = np.random.default_rng(0)
+    corr = {}
+    for conflict in (0.0, 1.0):
+        world = World(replace(SMALL, task_conflict=conflict))
+        users = rng.integers(0, SMALL.users, 20_000)
+        items = np.repeat(np.arange(SMALL.items), 20_000 // SMALL.items + 1)[:20_000]
+        out = world.expected_outcomes(users, items, 12, 0, world.start_ms)
+        counts = np.bincount(items)
+        per_item = [np.bincount(items, weights=x) / counts for x in
+                    (out.p_click, out.completion_given_click)]  # fmt: skip
+        corr[conflict] = np.corrcoef(*per_item)[0, 1]
+    assert corr[1.0] < corr[0.0] - 0.2

@@ -154,3 +154,19 @@ def test_ziln_output_is_the_distribution_mean_and_finite() -> None:
     sigma = ZILN_SIGMA_MIN + math.log(2.0)
     assert out[0].item() == pytest.approx(0.5 * math.exp(2.0 + sigma**2 / 2), rel=1e-5)
     assert torch.isfinite(out).all() and (out >= 0).all()
+
+
+def test_zi_bce_completion_is_click_times_conditional_completion_and_mean_unbiased() -> None:
+    task = _task("completion", "zi_bce")
+    assert task.raw_width == 2
+    label = (_zero_inflated_beta(20_000) / 30.0).clamp(max=1.0)  # completion-like: 65% zeros
+    fitted = _fit_constant(task, label).item()
+    assert fitted == pytest.approx(label.mean().item(), rel=0.03)
+    raw = torch.tensor([[0.3, -1.0], [-1.0, 2.0]])
+    y = torch.tensor([0.0, 0.4])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(raw[:, 0], torch.tensor([0.0, 1.0]))
+    cond = torch.nn.functional.binary_cross_entropy_with_logits(raw[1, 1], y[1])
+    torch.testing.assert_close(task_loss(task, raw, y), bce + cond / 2)
+    torch.testing.assert_close(
+        task_output(task, raw), torch.sigmoid(raw[:, 0]) * torch.sigmoid(raw[:, 1])
+    )

@@ -126,3 +126,26 @@ def test_ziln_task_tower_aux_head_and_feed_have_its_width(form: str, spec, make_
     assert torch.isfinite(step.losses).all() and (step.aux_losses >= 0).all()
     model.eval()
     assert model(make_inputs(spec, 1, 10))["watch_time"].shape == (10,)
+
+
+def test_embedding_l2_penalises_the_rows_a_batch_reads(spec, make_inputs) -> None:
+    from ranker.models.interactions import field_embeddings
+
+    model = build_model("mmoe", spec, config=CONFIG)
+    x, y = make_inputs(spec, 6, 6), _labels(6)
+    assert MultiTaskTrainingModel(model)(x, y).penalty is None
+    with pytest.raises(ValueError, match="embedding_l2 must be >= 0"):
+        MultiTaskTrainingModel(model, embedding_l2=-1.0)
+    step = MultiTaskTrainingModel(model, embedding_l2=0.5)(x, y)
+    user, item = model.inputs(x)
+    want = sum(
+        field_embeddings(v, fields, 8).pow(2).sum(dim=(1, 2)).mean()
+        for v, fields in ((user, 4), (item, 3))
+    )
+    torch.testing.assert_close(step.penalty, 0.5 * want)
+    # Its gradient reaches only the table rows the batch read.
+    table = model.inputs.item.table.weight
+    (grad,) = torch.autograd.grad(step.penalty, table)
+    read = x["item_cat"][:, 0] + model.inputs.item.cat_offsets[0]
+    touched = grad.abs().sum(dim=1) > 0
+    assert touched[read].all() and touched.sum() <= len(read) + x["item_multi"].numel()

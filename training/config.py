@@ -130,6 +130,15 @@ class DebiasConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow tracking URI (`http://mlflow:5000`, `file:/path`); None: no tracking. Needs the
+    # `mlflow` extra (training/tracking.py).
+    mlflow_uri: str | None = None
+    # MLflow experiment the runs go to (created when missing).
+    experiment: str = "ranker"
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
@@ -139,6 +148,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoop = field(default_factory=TrainLoop)
     debias: DebiasConfig = field(default_factory=DebiasConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Run directory (checkpoints, metrics.json, plots).
     out: str = "runs/latest"
 

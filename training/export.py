@@ -23,8 +23,9 @@ import onnxruntime as ort
 import torch
 
 from ranker.features import FeatureEncoder
+from ranker.model_card import CARD_FILE
 from ranker.models import MultiTaskModel
-from ranker.registry import Manifest, publish
+from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, publish
 from ranker.schema import FeatureSpec
 from training.data import EncodedData, encode_table, read_log
 from training.trainer import BEST, load_best
@@ -87,7 +88,7 @@ def export_run(
     parity = check_parity(model_bytes, model, rows, tolerance)
     encoder = FeatureEncoder(spec)
     hparams = model.hparams()
-    return publish(
+    manifest = publish(
         registry_root,
         name,
         model_bytes,
@@ -115,6 +116,12 @@ def export_run(
             **parity,
         },
     )
+    if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
+        from training.tracking import log_export
+
+        version_dir = Path(registry_root) / name / manifest.version
+        log_export(run_dir, version_dir, [MODEL_FILE, MANIFEST_FILE, CARD_FILE])
+    return manifest
 
 
 def held_out_rows(

@@ -148,6 +148,9 @@ def _json_default(value: Any) -> Any:
 class Trainer:
     """Owns one training run: the loop, evaluation, checkpoints and the run directory."""
 
+    # MLflow tracking (training/tracking.py), started by `fit` when tracking.mlflow_uri is set.
+    tracker: Any = None
+
     def __init__(
         self,
         config: TrainConfig,
@@ -318,6 +321,10 @@ class Trainer:
         """Train the remaining epochs with early stopping; returns the final metrics document."""
         loop = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main and self.config.tracking.mlflow_uri is not None:
+            from training.tracking import Tracker
+
+            self.tracker = Tracker.start(self.config, self.run_dir, resume=self.epoch > 0)
         steps_file = self.run_dir / "steps.csv"
         if self.epoch == 0 and self.world.is_main:
             # A fresh run (not resumed) starts its curves clean: appending to an earlier run's
@@ -413,6 +420,8 @@ class Trainer:
         )
         train_loss = {t: float(np.mean([r[f"loss_{t}"] for r in records])) for t in self.task_names}
         self.history.append({"epoch": self.epoch + 1, "train_loss": train_loss, "valid": valid})
+        if self.tracker is not None:
+            self.tracker.epoch_end(self.history[-1])
         if better:
             self.best_value, self.best_epoch, self.stale_epochs = value, self.epoch + 1, 0
             self.save_best(self.run_dir / BEST)
@@ -467,6 +476,8 @@ class Trainer:
         from training.plots import plot_run
 
         plot_run(self.run_dir)
+        if self.tracker is not None:
+            self.tracker.finish(self.run_dir, doc)
         return doc
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Quality: the share of the constant-to-oracle distance each configuration captures per metric.
 
-    python -m benchmarks.quality [--seeds 0,1,2] [--configs NAME,...] [--threads 2] [--no-write]
+    python -m benchmarks.quality [--seeds 0,1,2] [--configs NAME,...] [--threads 1] [--no-write]
 
 The world (`WORLD`) is sized like the held-out KuaiRand-layout world of issue 14, so id embeddings
 see enough impressions to learn: 2,000 users, 1,500 items, 14 days of 2,500 requests (about 700k
@@ -249,7 +249,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread: on a shared 2-core machine a second intra-op thread made epochs ~10x slower.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/results.md")
     args = parser.parse_args()

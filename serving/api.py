@@ -40,6 +40,8 @@ def body_schema(name: str) -> dict[str, Any]:
 async def rank_endpoint(request: Request) -> Response:
     started = time.perf_counter()
     service: Service = request.app.state.service
+    if service.tracer is not None:  # RANKER_OTEL=1: the same steps, with spans (serving.tracing)
+        return await service.tracer.handle(request)
     settings = service.settings
     variant = "-"
     request_id = None

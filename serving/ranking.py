@@ -38,6 +38,8 @@ class RankResult:
     scores: np.ndarray  # [k] float64, best first
     predictions: dict[str, np.ndarray]  # task -> [k], best first
     onnx_seconds: float
+    # perf_counter at the ONNX call's start (the tracer's `ort` span; serving.tracing).
+    onnx_started: float
     item_ids: list[Any]  # of the returned items, best first
     # Item feature columns as the encoder got them (request order), for feature logging.
     item_columns: dict[str, Any]
@@ -83,6 +85,7 @@ def rank(state: ServingState, request: RankRequest) -> RankResult:
         scores=scores[order],
         predictions={task: values[order] for task, values in predictions.items()},
         onnx_seconds=onnx_seconds,
+        onnx_started=started,
         item_ids=[request.item_ids[i] for i in order.tolist()],
         item_columns=items,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -14,6 +15,9 @@ from serving.settings import Settings
 from serving.state import StateManager
 from serving.telemetry import ServiceMetrics
 
+if TYPE_CHECKING:
+    from serving.tracing import RankTracer
+
 log = logging.getLogger("ranker.serving")
 
 
@@ -23,6 +27,8 @@ class Service:
     manager: StateManager
     impressions: ImpressionLog
     metrics: ServiceMetrics
+    # RANKER_OTEL=1: /rank spans (serving.tracing); None costs the route one check.
+    tracer: RankTracer | None = None
 
     def close(self) -> None:
         self.manager.stop()
@@ -72,4 +78,10 @@ def open_service(settings: Settings) -> Service:
     manager.start()
     if manager.state is None:
         log.error("not ready: %s", manager.not_ready_reason)
-    return Service(settings, manager, impressions, ServiceMetrics(manager, impressions))
+    tracer = None
+    if settings.otel:
+        from serving.tracing import open_tracer
+
+        tracer = open_tracer(True)
+    metrics = ServiceMetrics(manager, impressions)
+    return Service(settings, manager, impressions, metrics, tracer)

@@ -95,6 +95,8 @@ class Settings:
     # mid-request and promote live request objects; raised, reference counting frees nearly all
     # of them before a collection looks. Cyclic garbage lives a little longer, nothing more.
     gc_threshold: int = 50_000
+    # OpenTelemetry spans for /rank stages (serving.tracing; the `otel` extra). Off: no cost.
+    otel: bool = False
 
     @field_validator("redis_url", "experiments_file", "impression_log", mode="before")
     @classmethod

@@ -89,3 +89,23 @@ def test_untracked_runs_touch_no_mlflow_and_a_missing_install_is_named(
     config = _config(tmp_path, tmp_path / "run", f"file:{tmp_path}")
     with pytest.raises(ConfigError, match=r"tracking.mlflow_uri .* pip install 'ranker\[mlflow\]'"):
         tracking.Tracker.start(config, tmp_path / "run", resume=False)
+
+
+def test_a_resumed_run_continues_its_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    config = _config(tmp_path, tmp_path / "run", uri)
+    first = tracking.Tracker.start(config, tmp_path / "run", resume=False)
+    assert first is not None
+    first.client.set_terminated(first.run_id, "KILLED")
+    again = tracking.Tracker.start(config, tmp_path / "run", resume=True)
+    assert again is not None and again.run_id == first.run_id
+    assert again.client.get_run(again.run_id).info.status == "RUNNING"
+    fresh = tracking.Tracker.start(config, tmp_path / "run", resume=False)
+    assert fresh is not None and fresh.run_id != first.run_id
+    # A tracking server that fails mid-run stops tracking; training is not interrupted.
+    fresh.client.delete_run(fresh.run_id)
+    fresh.epoch_end({"epoch": 1, "train_loss": {"click": 0.5}, "valid": {}})
+    assert not fresh.active

@@ -262,12 +262,20 @@ def _simulated(config: CompareConfig, data_dir: Path) -> CompareConfig:
 
 
 def _finished(train_config: TrainConfig) -> dict[str, Any] | None:
-    """The result of a run that already finished with this exact config: a re-run resumes."""
+    """The result of a run that already finished with this config: a re-run resumes.
+
+    The recorded config is read back through today's TrainConfig, so a field added since (with
+    its default) does not discard finished runs; a changed value, or a key that no longer
+    exists, does."""
     path = Path(train_config.out) / "metrics.json"
     if not path.exists():
         return None
     doc = json.loads(path.read_text())
-    if doc.get("config") != train_config.to_dict():
+    try:
+        recorded = build(TrainConfig, doc.get("config"))
+    except ConfigError:
+        return None
+    if recorded.to_dict() != train_config.to_dict():
         return None
     return {"test": doc.get("test", doc["valid"]), "seconds": doc["seconds"]}
 

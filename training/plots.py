@@ -131,59 +131,52 @@ def plot_pareto(
     out: Path,
     x: str = "watch_time.rmse",
     y: str = "click.auc",
+    zoom: float = 0.05,
 ) -> Path:
     """Mean over seeds per configuration with std error bars, the non-dominated front (lower x,
-    higher y) drawn through the means; single-task references as dashed lines."""
+    higher y) drawn through the means, single-task references as dashed lines. When some
+    configurations lie far out on x, a second panel zooms on those within `zoom` of the best x."""
     entries = [e for e in summary if not e.get("task") and x in e and y in e]
     references = [e for e in summary if e.get("task")]
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    points = [(float(e[x]), float(e[y])) for e in entries]
+    near = [i for i, (px, _) in enumerate(points) if px <= min(p[0] for p in points) * (1 + zoom)]
+    panels = 2 if 0 < len(near) < len(points) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.5), squeeze=False)
     balancers = list(dict.fromkeys(str(e["balancer"]) for e in entries))
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(balancers)}
     kinds = list(dict.fromkeys((str(e["model"]), str(e.get("objective") or "")) for e in entries))
     shapes = dict(zip(kinds, "osD^vP*X", strict=False))
-    for e in entries:
-        colour = colours[str(e["balancer"])]
-        ax.errorbar(
-            float(e[x]),
-            float(e[y]),
-            xerr=float(e.get(f"{x}.std", 0.0)),
-            yerr=float(e.get(f"{y}.std", 0.0)),
-            fmt=shapes.get((str(e["model"]), str(e.get("objective") or "")), "o"),
-            color=colour,
-            markerfacecolor="none" if e["aux"] == "none" else colour,
-            markersize=7,
-            elinewidth=0.8,
-            capsize=2,
-        )
-    points = [(float(e[x]), float(e[y])) for e in entries]
     front = pareto_front(points)
-    if front:
+    for ax, shown in zip(axes[0], [list(range(len(points))), near][:panels], strict=True):
+        for i in shown:
+            e = entries[i]
+            colour = colours[str(e["balancer"])]
+            ax.errorbar(
+                *points[i],
+                xerr=float(e.get(f"{x}.std", 0.0)),
+                yerr=float(e.get(f"{y}.std", 0.0)),
+                fmt=shapes.get((str(e["model"]), str(e.get("objective") or "")), "o"),
+                color=colour,
+                markerfacecolor="none" if e["aux"] == "none" else colour,
+                markersize=7,
+                elinewidth=0.8,
+                capsize=2,
+            )
+            if i in front or panels == 1 or ax is not axes[0][0]:
+                label = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
+                ax.annotate(label, points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+        if ax is not axes[0][0]:
+            _limit_to(ax, [points[i] for i in shown], [entries[i] for i in shown], x, y)
         ax.plot(
             [points[i][0] for i in front],
             [points[i][1] for i in front],
             color="black",
             linewidth=1,
             drawstyle="steps-post",
-            label="non-dominated front",
         )
-        for i in front:
-            e = entries[i]
-            label = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
-            ax.annotate(label, points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
-    x_task, y_task = x.split(".")[0], y.split(".")[0]
-    for ref in references:
-        objective = f" ({ref['objective']})" if ref.get("objective") else ""
-        if ref["task"] == y_task and y in ref:
-            ax.axhline(float(ref[y]), color="grey", linestyle="--", linewidth=0.8)
-            ax.annotate(f"single-task {y_task}", (ax.get_xlim()[0], float(ref[y])), fontsize=6)
-        if ref["task"] == x_task and x in ref:
-            ax.axvline(float(ref[x]), color="grey", linestyle=":", linewidth=0.8)
-            ax.annotate(
-                f"single-task {x_task}{objective}",
-                (float(ref[x]), ax.get_ylim()[0]),
-                fontsize=6,
-                rotation=90,
-            )
+        _references(ax, references, x, y, clip=ax is not axes[0][0])
+        ax.set_xlabel(f"{x} (test), lower is better")
+        ax.set_ylabel(f"{y} (test), higher is better")
     handles = [
         plt.Line2D([], [], color=colours[b], marker="o", linestyle="", label=b) for b in balancers
     ]
@@ -200,15 +193,72 @@ def plot_pareto(
         for k in kinds
     ]
     handles.append(plt.Line2D([], [], color="black", linewidth=1, label="non-dominated front"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_xlabel(f"{x} (test), lower is better")
-    ax.set_ylabel(f"{y} (test), higher is better")
-    ax.set_title(
+    axes[0][0].legend(handles=handles, fontsize=7, loc="best")
+    axes[0][0].set_title(
         "mean over seeds per configuration, bars: std over seeds\n"
         "filled: self-aux heads; dashed/dotted: single-task models",
         fontsize=9,
     )
+    if panels == 2:
+        axes[0][1].set_title(f"zoom: {x} within {zoom:.0%} of the best", fontsize=9)
     return _save(fig, out)
+
+
+def _limit_to(
+    ax: plt.Axes,
+    points: Sequence[tuple[float, float]],
+    entries: Sequence[Mapping[str, Any]],
+    x: str,
+    y: str,
+) -> None:
+    """Axis limits around `points` and their error bars, with a margin."""
+    xs = [
+        p[0] + s * float(e.get(f"{x}.std", 0.0))
+        for p, e in zip(points, entries, strict=True)
+        for s in (-1, 1)
+    ]
+    ys = [
+        p[1] + s * float(e.get(f"{y}.std", 0.0))
+        for p, e in zip(points, entries, strict=True)
+        for s in (-1, 1)
+    ]
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        low, high = min(values), max(values)
+        pad = 0.08 * (high - low) or 0.01 * abs(high) or 0.01
+        setter(low - pad, high + pad)
+
+
+def _references(
+    ax: plt.Axes, references: Sequence[Mapping[str, Any]], x: str, y: str, clip: bool
+) -> None:
+    """Single-task models' metrics as lines: y's task dashed, x's task dotted (per objective);
+    `clip`: only those inside the axis limits already set."""
+    x_task, y_task = x.split(".")[0], y.split(".")[0]
+    inf = float("inf")
+    (x_low, x_high), (y_low, y_high) = (
+        (ax.get_xlim(), ax.get_ylim()) if clip else ((-inf, inf), (-inf, inf))
+    )
+    for ref in references:
+        objective = f" ({ref['objective']})" if ref.get("objective") else ""
+        if ref["task"] == y_task and y in ref and y_low <= float(ref[y]) <= y_high:
+            ax.axhline(float(ref[y]), color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(
+                f"single-task {y_task}",
+                (0.01, float(ref[y])),
+                xycoords=("axes fraction", "data"),
+                fontsize=6,
+                color="grey",
+            )
+        if ref["task"] == x_task and x in ref and x_low <= float(ref[x]) <= x_high:
+            ax.axvline(float(ref[x]), color="grey", linestyle=":", linewidth=0.8)
+            ax.annotate(
+                f"single-task {x_task}{objective}",
+                (float(ref[x]), 0.01),
+                xycoords=("data", "axes fraction"),
+                fontsize=6,
+                rotation=90,
+                color="grey",
+            )
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

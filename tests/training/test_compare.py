@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -208,5 +209,28 @@ def test_one_grid_both_objectives_one_summary(tiny_log: Path, tmp_path: Path) ->
     assert all(not math.isnan(float(e["delta_m_single_pct"])) for e in multi)
     for name in ("pareto", "equity"):
         assert written[name].stat().st_size > 0
-    # A re-run trains nothing and writes the same table.
-    assert run_compare(config, progress=False)["markdown"].read_text() == markdown
+    # A re-run trains nothing and gives the same results, also when a config field was added
+    # since a run finished (its recorded config lacks it; the default applies); a run whose
+    # recorded config differs in a value trains again.
+    runs = tmp_path / "runs"
+    added, changed = runs / "mmoe-mse-ew-none-s0", runs / "mmoe-ziln-ew-none-s0"
+    for run_dir, edit in ((added, "drop"), (changed, "change")):
+        doc = json.loads((run_dir / "metrics.json").read_text())
+        if edit == "drop":
+            del doc["config"]["optimizer"]["clip_norm"]  # the run used the default, 0.0
+        else:
+            doc["config"]["train"]["batch_size"] = 999
+        (run_dir / "metrics.json").write_text(json.dumps(doc))
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/metrics.json")}
+    with run_compare(config, progress=False)["results"].open() as handle:
+        again = list(csv.DictReader(handle))
+
+    def untimed(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return sorted(
+            ({k: v for k, v in r.items() if k != "seconds"} for r in rows),
+            key=lambda r: (r["objective"], r["balancer"], r["aux"], r["task"]),
+        )
+
+    assert untimed(again) == untimed(results)
+    retrained = {p.parent.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+    assert retrained == {changed.name}

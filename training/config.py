@@ -127,6 +127,10 @@ class DebiasConfig:
     position: str = "none"
     # Positions from this one on share one examination estimate.
     max_positions: int = 64
+    # Learning rate of the position tower: one parameter per position, read by every row; at the
+    # model's rate it moves too little in a few hundred steps to take the position effect over
+    # from the features.
+    lr: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -366,16 +370,18 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"aux.form: must be one of none, linear, pool, bottleneck; got {config.aux.form!r}"
         )
-    if config.train.precision not in ("float32", "bfloat16"):
-        raise ConfigError(
-            f"train.precision: must be 'float32' or 'bfloat16', got {config.train.precision!r}"
-        )
     if config.debias.position not in ("none", "pal"):
         raise ConfigError(f"debias.position: must be none or pal, got {config.debias.position!r}")
     if config.debias.position != "none" and config.data.stream:
         raise ConfigError("debias.position: the streaming path (data.stream) reads no positions")
+    if config.debias.lr <= 0:
+        raise ConfigError(f"debias.lr: must be > 0, got {config.debias.lr}")
     if config.debias.max_positions < 2:
         raise ConfigError(f"debias.max_positions: must be >= 2, got {config.debias.max_positions}")
+    if config.train.precision not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"train.precision: must be 'float32' or 'bfloat16', got {config.train.precision!r}"
+        )
     if config.data.shuffle_buffer_rows < 1:
         raise ConfigError(
             f"data.shuffle_buffer_rows: must be >= 1, got {config.data.shuffle_buffer_rows}"

@@ -185,7 +185,9 @@ class Trainer:
         self.device = torch.device(self.world.device)
         self.wrapper.to(self.device)
         self.balancer.to(self.device)
-        groups = self.wrapper.param_groups(config.optimizer.lr, config.optimizer.task_lr)
+        groups = self.wrapper.param_groups(
+            config.optimizer.lr, config.optimizer.task_lr, position_lr=config.debias.lr
+        )
         balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
         if balancer_params:
             groups.append(
@@ -251,11 +253,11 @@ class Trainer:
             part = slice(0, 1)
         inputs = self._tensors(batch.inputs, part)
         labels = self._tensors({t: batch.labels[t] for t in self.task_names}, part)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
-            position = None
+        position = None
         if self.wrapper.position is not None and batch.position is not None:
             position = self._tensors({"position": batch.position}, part)["position"]
-        out = self.wrapper(inputs, labels, position)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
+            out = self.wrapper(inputs, labels, position)
         losses = out.losses.float() * share
         wants = self.balancer.wants_gramian(self.step)
         log_equity = self.equity_every > 0 and self.step % self.equity_every == 0

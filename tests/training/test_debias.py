@@ -85,6 +85,8 @@ def test_config_refuses_unknown_methods_and_streaming() -> None:
         load_config(None, ["debias.position=pal", "data.stream=true"])
     with pytest.raises(ConfigError, match=r"debias\.max_positions"):
         load_config(None, ["debias.max_positions=1"])
+    with pytest.raises(ConfigError, match=r"debias\.lr"):
+        load_config(None, ["debias.lr=0"])
 
 
 def test_pal_needs_a_position_column(tiny_log: Path, tmp_path: Path) -> None:

@@ -121,5 +121,8 @@ def test_the_tower_trains_in_the_wrapper_only(spec, make_inputs) -> None:
     below.losses.sum().backward()
     assert debiased.position is not None and debiased.position.not_seen_logit.grad is not None
     assert set(model.state_dict()) == keys  # the inference model holds no position part
-    shared = next(g for g in debiased.param_groups(1e-3) if g["name"] == "shared")
-    assert any(p is debiased.position.not_seen_logit for p in shared["params"])
+    groups = {g["name"]: g for g in debiased.param_groups(1e-3, position_lr=0.05)}
+    assert groups["position"]["params"] == [debiased.position.not_seen_logit]
+    assert groups["position"]["lr"] == 0.05
+    others = [p for name, g in groups.items() if name != "position" for p in g["params"]]
+    assert not any(p is debiased.position.not_seen_logit for p in others)

@@ -4,7 +4,7 @@
 
 The world (`WORLD`) is sized like the held-out KuaiRand-layout world of issue 14, so id embeddings
 see enough impressions to learn: 2,000 users, 1,500 items, 14 days of 2,500 requests (about 700k
-impressions, ~250 per user and ~330 per item in the 10 training days), task conflict 0.6, oracle
+impressions, ~260 per user and ~360 per item in the 10 training days), task conflict 0.6, oracle
 columns. Each seed simulates its own world (world seed = training seed), trains every
 configuration on the first 10 days, stops early on day 11 (validation) and is measured on days
 12-14 (test). Captured share of metric m: (model - constant) / (oracle - constant), the constant

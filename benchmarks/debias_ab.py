@@ -104,7 +104,10 @@ SIZES: dict[str, Size] = {
                 "epochs": 3,
                 "batch_size": 1024,
                 "patience": 0,
-                "early_stopping": "click.gauc",
+                # The likelihood of the logged outcomes (a debiased run's at the served
+                # positions): the same criterion for both arms, and no ranking metric that the
+                # production order it was logged in would favour.
+                "early_stopping": "loss",
             },
         },
     ),

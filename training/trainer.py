@@ -24,9 +24,9 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from ranker.balancing.gramian import gramian_on_representation
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import AuxConfig, MultiTaskModel, MultiTaskTrainingModel, build_model
 from ranker.models.inputs import use_sparse_gradients
-from ranker.models.position import PositionBias
+from ranker.models.position import POSITION_INPUT, AtServedPosition, PositionBias
 from ranker.schema import FeatureSpec, load_default_spec
 from ranker.tasks import build_tasks
 from training.config import ConfigError, TrainConfig
@@ -337,7 +337,7 @@ class Trainer:
             records = self._train_epoch()
             if self.world.is_main:
                 _append_csv(steps_file, records)
-                valid = self._evaluate(self.model, self.data.valid)
+                valid = self._evaluate(self.model, self.data.valid, self.wrapper.position)
                 self._after_epoch(valid, records)
             barrier(self.world)
             self._sync_stop()
@@ -351,11 +351,29 @@ class Trainer:
         return self._finish(time.perf_counter() - started)
 
     def _evaluate(
-        self, model: MultiTaskModel, split: EncodedData | StreamSplit
+        self,
+        model: MultiTaskModel,
+        split: EncodedData | StreamSplit,
+        tower: PositionBias | None = None,
     ) -> dict[str, dict[str, float]]:
         if isinstance(split, StreamSplit):
             return evaluate_stream(model, split, self.encoder, device=str(self.device))
+        if tower is not None and split.position is not None:
+            # Judged as trained, at the served positions: on logged days the position-0 outputs
+            # alone look worse the better the position effect is removed.
+            served = replace(split, inputs={**split.inputs, POSITION_INPUT: split.position})
+            at_position = cast(MultiTaskModel, AtServedPosition(model, tower))
+            return evaluate_model(at_position, served, device=str(self.device))
         return evaluate_model(model, split, device=str(self.device))
+
+    def _best_tower(self) -> PositionBias | None:
+        """The best epoch's position tower (from best.pt); None without debiasing."""
+        if self.wrapper.position is None:
+            return None
+        tower = PositionBias(self.wrapper.position.max_positions)
+        state = torch.load(self.run_dir / BEST, map_location=self.device, weights_only=True)
+        tower.load_state_dict(state["position_state"])
+        return tower.to(self.device)
 
     def _epoch_steps(self) -> Iterator[dict[str, Any]]:
         """The epoch's steps: slices of the in-memory shuffled log, or this rank's streamed
@@ -448,6 +466,7 @@ class Trainer:
         if not self.world.is_main:
             return {}
         best = load_best(self.run_dir / BEST, device=str(self.device))
+        tower = self._best_tower()
         doc: dict[str, Any] = {
             "config": self.config.to_dict(),
             "split": {
@@ -467,13 +486,13 @@ class Trainer:
             "seconds": seconds,
             "checkpoint_bytes": self.checkpoint_bytes,
             "history": self.history,
-            "valid": self._evaluate(best, self.data.valid),
+            "valid": self._evaluate(best, self.data.valid, tower),
         }
         if self.data.test is not None:
-            doc["test"] = self._evaluate(best, self.data.test)
-        if self.wrapper.position is not None:  # the best epoch's P(seen | position)
-            curve = torch.load(self.run_dir / BEST, weights_only=True)["examination"]
-            doc["examination"] = [round(float(v), 4) for v in curve]
+            doc["test"] = self._evaluate(best, self.data.test, tower)
+        if tower is not None:  # the best epoch's P(seen | position); metrics at served positions
+            doc["examination"] = [round(float(v), 4) for v in tower.examination()]
+            doc["evaluated_at"] = "served positions (model x position tower)"
         _save_json(self.run_dir / "metrics.json", doc)
         from training.plots import plot_run
 
@@ -497,7 +516,10 @@ class Trainer:
                     "valid": self.data.split.valid,
                     "test": self.data.split.test,
                 },
-                # Training only, never exported: P(seen | position) of the position tower.
+                # Training only, never exported: the position tower and its P(seen | position).
+                "position_state": (
+                    None if self.wrapper.position is None else self.wrapper.position.state_dict()
+                ),
                 "examination": (
                     None if self.wrapper.position is None else self.wrapper.position.examination()
                 ),

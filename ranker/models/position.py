@@ -17,12 +17,18 @@ the exported model is the model at the top position, and `observed_raw` returns 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ranker.models.base import ModelParts, MultiTaskModel
+from ranker.models.losses import task_output
 from ranker.tasks import Task
 
+# Inputs key of the served positions for `AtServedPosition` (never a model input).
+POSITION_INPUT = "position"
 # Debiasing methods (`debias.position` in the training config).
 POSITION_METHODS: tuple[str, ...] = ("none", "pal")
 # Losses whose raw output is (or starts with) the logit of a probability that is 0 unless the item
@@ -89,3 +95,28 @@ class PositionBias(nn.Module):
         if task.loss in EXPECTATION:
             return raw * torch.where(below_top, torch.sigmoid(-u), torch.ones_like(u))
         raise ValueError(f"position debiasing has no rule for loss {task.loss!r}")
+
+
+class AtServedPosition(nn.Module):
+    """A model's outputs at each row's served position (inputs key `position`, [N] int, beside
+    the features): what logged outcomes measure, so a debiased model is validated on logged days
+    the way it was trained. Its position-0 outputs alone look worse on such days the better the
+    position effect is removed. Training only; `tasks`, `task_names` and `forward_parts` are the
+    model's, so evaluation code reads it like one."""
+
+    def __init__(self, model: MultiTaskModel, tower: PositionBias) -> None:
+        super().__init__()
+        self.model = model
+        self.tower = tower
+        self.tasks = model.tasks
+        self.task_names = model.task_names
+
+    def forward_parts(self, inputs: Mapping[str, Tensor]) -> ModelParts:
+        parts = self.model.forward_parts(inputs)
+        position = inputs[POSITION_INPUT]
+        raw = {t.name: self.tower.observed_raw(t, parts.raw[t.name], position) for t in self.tasks}
+        return parts._replace(raw=raw)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        raw = self.forward_parts(inputs).raw
+        return {t.name: task_output(t, raw[t.name]) for t in self.tasks}

@@ -24,8 +24,9 @@ from tests.training.conftest import tiny_overrides
 from training.config import ConfigError, load_config
 from training.data import encode_log, read_log
 from training.errors import DataError
+from training.evaluate import evaluate_model
 from training.export import export_run
-from training.trainer import CHECKPOINT, Trainer, build_training, prepare_data
+from training.trainer import CHECKPOINT, Trainer, build_training, load_best, prepare_data
 from training.tune import onnx_predict
 
 
@@ -104,7 +105,13 @@ def test_pal_trains_the_tower_and_exports_the_model_alone(
     data = prepare_data(config)
     Trainer(config, data, run, progress=False).fit()
 
-    curve = json.loads((run / "metrics.json").read_text())["examination"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    curve = metrics["examination"]
+    # Validated as trained: the model x the tower at the served positions, whose predictions sit
+    # below the position-0 model's (P(seen) <= 1).
+    assert metrics["evaluated_at"].startswith("served positions")
+    alone = evaluate_model(load_best(run / "best.pt"), data.valid)
+    assert metrics["valid"]["click"]["calibration"] < alone["click"]["calibration"]
     assert len(curve) == 64 and curve[0] == 1.0 and all(0 < v <= 1 for v in curve)
     # The tower learnt at the positions the log holds (1 .. 29) and nowhere else.
     logits = torch.load(run / CHECKPOINT, weights_only=True)["wrapper_state"]

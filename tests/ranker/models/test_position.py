@@ -8,7 +8,7 @@ import torch
 
 from ranker.models import MultiTaskTrainingModel, build_model
 from ranker.models.losses import task_loss, task_output
-from ranker.models.position import PositionBias
+from ranker.models.position import POSITION_INPUT, AtServedPosition, PositionBias
 from ranker.tasks import LOSS_WIDTHS, TASK_LOSSES, Task, build_tasks
 
 # Every loss every task can have: a new loss without a rule fails here.
@@ -126,3 +126,21 @@ def test_the_tower_trains_in_the_wrapper_only(spec, make_inputs) -> None:
     assert groups["position"]["lr"] == 0.05
     others = [p for name, g in groups.items() if name != "position" for p in g["params"]]
     assert not any(p is debiased.position.not_seen_logit for p in others)
+
+
+def test_at_served_position_is_the_model_times_p_seen(spec, make_inputs) -> None:
+    model = build_model("mmoe", spec, config={"embedding_dim": 4, "expert_units": [8]}).eval()
+    tower = _tower()
+    x = make_inputs(spec, 12, 12)
+    position = torch.arange(12)
+    served = AtServedPosition(model, tower)
+    assert served.task_names == model.task_names
+    with torch.no_grad():
+        top = served({**x, POSITION_INPUT: torch.zeros(12, dtype=torch.long)})
+        below = served({**x, POSITION_INPUT: position})
+        alone = model(x)
+    seen = tower.examination()[position.clamp(max=7)]
+    for task in model.task_names:
+        torch.testing.assert_close(top[task], alone[task])
+        if task != "watch_time":  # log_mse: the scaled raw is log1p seconds, not seconds
+            torch.testing.assert_close(below[task], seen * alone[task])

@@ -7,18 +7,17 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
+import opentelemetry.sdk.trace as sdk_trace
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import StatusCode
 
 from serving.settings import Settings
 from serving.tracing import STAGES, open_tracer
 from tests.serving.conftest import serve, wait_for
-
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
-from opentelemetry.trace import StatusCode  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 

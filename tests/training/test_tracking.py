@@ -7,16 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
+import training.tracking as tracking
 from training.config import ConfigError, TrainConfig, load_config
 from training.export import export_run
 from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer, prepare_data
-
-mlflow = pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-import training.tracking as tracking  # noqa: E402
 
 
 def _config(log: Path, run: Path, uri: str | None) -> TrainConfig:

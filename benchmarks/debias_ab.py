@@ -7,7 +7,7 @@
     -> true expected watch time per request per arm (the simulator knows the relevance and the
     examination curve) with 95% intervals, and the debiased - biased difference.
 
-    python -m benchmarks.debias_ab [--size full|tiny] [--out out/debias_ab]
+    python -m benchmarks.debias_ab [--size full|tiny] [--seeds 3] [--out out/debias_ab]
 
 Every stage runs the project's real path: the service (`python -m serving.server`, ONNX Runtime,
 impression log with the served features and positions), `training.traffic.run_traffic`,
@@ -17,8 +17,12 @@ simulated day lands on today; the loop puts each built row back on the simulated
 request (from the traffic driver's outcome file) so the retrainer sees days to split.
 
 A candidate the gate refuses is still exported (unreferenced, reported as such) so the A/B can
-measure it. The interval of a metric is the delta method clustered by user (training.ab_stats),
-arms independent. Writes OUT/report.md and OUT/result.json; prints the report.
+measure it. Every arm ranks by predicted watch time, the metric. Intervals: the delta method
+clustered by user (training.ab_stats), arms independent, and the same with CUPED on a covariate
+fixed before any arm ranks. A paired counterfactual ranks the same A/B-day requests with every
+model, and `--seeds N` retrains each variant (biased, debiased, debiased with the simulator's true
+curve fixed) with N training seeds to set the debiasing effect against training noise. Writes
+OUT/report.md and OUT/result.json; prints the report.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 import yaml
 
 from ranker.schema import load_default_spec
-from ranker.scoring import ScoreFormula
+from ranker.scoring import DEFAULT_FORMULA, ScoreFormula
 from training.ab_report import ab_report
 from training.ab_stats import Estimate, ratio, relative_lift
 from training.build_log import BuildConfig, Source, build_log
@@ -441,6 +446,78 @@ def difference(treatment: Estimate, control: Estimate) -> Estimate:
     return Estimate(treatment.value - control.value, float(np.hypot(treatment.se, control.se)))
 
 
+# Seed-study variants: the retrain's config with this debiasing; `true` fixes the simulator's own
+# examination curve in the tower (what a perfectly estimated curve would give).
+VARIANTS = {"biased": "none", "debiased": "pal", "debiased_true_curve": "true"}
+
+
+def train_variant(size: Size, served: Path, run: Path, variant: str, seed: int) -> None:
+    """One seed of one variant on the built days, split and selected as the retrainer does."""
+    debias = VARIANTS[variant]
+    doc = {
+        **size.train,
+        "debias": {"position": "none" if debias == "none" else "pal"},
+        "data": {"paths": [str(served)]},
+        "out": str(run),
+    }
+    doc["train"] = {**doc.get("train", {}), "seed": seed}
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(run / "config.yaml")
+    trainer = Trainer(config, prepare_data(config), run, progress=False)
+    tower = trainer.wrapper.position
+    if debias == "true" and tower is not None:
+        # Position 0's entry is never read (seen by definition); kept finite.
+        seen = np.minimum(examination(np.arange(tower.max_positions), POSITION_BIAS), 1 - 1e-6)
+        with torch.no_grad():
+            tower.not_seen_logit.copy_(torch.from_numpy(np.log1p(-seen) - np.log(seen)))
+        tower.not_seen_logit.requires_grad_(False)  # Adam skips it: the curve stays exact
+    trainer.fit()
+
+
+def seed_study(
+    size: Size,
+    out: Path,
+    world: World,
+    registry: Path,
+    served: Path,
+    first: dict[str, str],
+    seeds: int,
+) -> dict[str, Any]:
+    """Training noise against the debiasing effect: every variant with `seeds` training seeds
+    (seed 0 of the two arms: the retrained models themselves), all ranking the same requests."""
+    versions: dict[str, list[str]] = {v: [] for v in VARIANTS}
+    for variant in VARIANTS:
+        for seed in range(seeds):
+            if seed == 0 and variant in first:
+                versions[variant].append(first[variant])
+                continue
+            run = out / "seeds" / f"{variant}-{seed}"
+            shutil.rmtree(run, ignore_errors=True)
+            train_variant(size, served, run, variant, seed)
+            versions[variant].append(export_run(run, registry, MODEL).version)
+    day = size.world.days + size.served_days
+    flat = {f"{v}-{i}": version for v, vs in versions.items() for i, version in enumerate(vs)}
+    doc: dict[str, Any] = {"versions": versions}
+    for name, formula in (("watch_time", WATCH), ("default_formula", DEFAULT_FORMULA)):
+        paired = counterfactual(world, registry, flat, day, min(size.ab_requests, 2000), formula)
+        means = {v: [float(paired[f"{v}-{i}"].mean()) for i in range(seeds)] for v in VARIANTS}
+        doc[name] = {
+            "mean": {v: float(np.mean(m)) for v, m in means.items()},
+            "seed_sd": {
+                v: float(np.std(m, ddof=1)) if seeds > 1 else 0.0 for v, m in means.items()
+            },
+            **{
+                f"{v}_minus_biased": paired_difference(
+                    np.mean([paired[f"{v}-{i}"] for i in range(seeds)], axis=0),
+                    np.mean([paired[f"biased-{i}"] for i in range(seeds)], axis=0),
+                )
+                for v in ("debiased", "debiased_true_curve")
+            },
+        }
+    return doc
+
+
 def _estimate(e: Estimate) -> dict[str, Any]:
     return {"value": e.value, "se": e.se, "ci": list(e.ci)}
 
@@ -507,10 +584,24 @@ def render(result: dict[str, Any]) -> str:
         "",
         "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
     ]
+    study = result.get("seed_study")
+    if study:
+        seeds = len(study["versions"]["biased"])
+        lines += ["", f"seed study ({seeds} training seeds per variant, paired counterfactual):"]
+        for formula in ("watch_time", "default_formula"):
+            doc = study[formula]
+            lines.append(
+                f"  ranked by {formula}: "
+                + ", ".join(
+                    f"{v} {doc['mean'][v]:.2f} (seed sd {doc['seed_sd'][v]:.2f})" for v in VARIANTS
+                )
+                + f"; debiased - biased {_ci(doc['debiased_minus_biased'])}, true curve - biased "
+                + _ci(doc["debiased_true_curve_minus_biased"])
+            )
     return "\n".join(lines) + "\n"
 
 
-def run(size: Size, out: Path) -> dict[str, Any]:
+def run(size: Size, out: Path, seeds: int = 1) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     registry = out / "models"
     shutil.rmtree(registry, ignore_errors=True)
@@ -539,6 +630,11 @@ def run(size: Size, out: Path) -> dict[str, Any]:
         versions = {"v1": v1, **{a: retrained[a].version for a in ARMS}}
         day = size.world.days + size.served_days
         paired = counterfactual(world, registry, versions, day, min(size.ab_requests, 2000))
+    study = None
+    if seeds > 1:
+        with timer.stage(f"seed study: {seeds} training seeds per variant on the built days"):
+            first = {a: retrained[a].version for a in ARMS}
+            study = seed_study(size, out, world, registry, served, first, seeds)
     learnt = retrained["debiased"].examination or []
     result = {
         "size": {
@@ -561,6 +657,7 @@ def run(size: Size, out: Path) -> dict[str, Any]:
             "debiased_minus_biased": paired_difference(paired["debiased"], paired["biased"]),
             "debiased_minus_v1": paired_difference(paired["debiased"], paired["v1"]),
         },
+        "seed_study": study,
         "seconds": timer.seconds,
     }
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -572,9 +669,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--out", type=Path, default=Path("out/debias_ab"))
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="training seeds per variant for the seed study (1: none)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    result = run(SIZES[args.size], args.out)
+    result = run(SIZES[args.size], args.out, args.seeds)
     print("\n" + render(result))
     print(f"total {time.perf_counter() - started:.0f} s; {args.out / 'report.md'}")
 

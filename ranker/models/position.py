@@ -29,8 +29,6 @@ from ranker.tasks import Task
 
 # Inputs key of the served positions for `AtServedPosition` (never a model input).
 POSITION_INPUT = "position"
-# Debiasing methods (`debias.position` in the training config).
-POSITION_METHODS: tuple[str, ...] = ("none", "pal")
 # Losses whose raw output is (or starts with) the logit of a probability that is 0 unless the item
 # was examined: P(click), E[completion] as a soft label, P(W > 0) of the zero-inflated losses.
 PROBABILITY_FIRST: tuple[str, ...] = ("bce", "ziln", "zi_gamma", "zi_bce")

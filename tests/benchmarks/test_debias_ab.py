@@ -15,17 +15,19 @@ from benchmarks.debias_ab import (
     ARMS,
     LAYER,
     SIZES,
+    VARIANTS,
     UserSums,
     cuped_difference,
     difference,
     run,
 )
 from ranker.registry import list_versions, verify
+from training.traffic import examination
 
 
 def test_the_loop_runs_end_to_end(tmp_path: Path) -> None:
     size = SIZES["tiny"]
-    result = run(size, tmp_path)
+    result = run(size, tmp_path, seeds=2)
 
     # build-log joined every event of the served days; the rows sit on their simulated days.
     counts = result["build_log_counts"]
@@ -42,7 +44,21 @@ def test_the_loop_runs_end_to_end(tmp_path: Path) -> None:
     assert {r["decision"] for r in retrained.values()} <= {"publish", "keep"}
     versions = [retrained[arm]["version"] for arm in ARMS]
     registry = tmp_path / "models"
-    assert sorted(list_versions(registry, "ranker")) == sorted([result["production"], *versions])
+    study = result["seed_study"]
+    assert study["versions"]["biased"][0] == retrained["biased"]["version"]
+    assert study["versions"]["debiased"][0] == retrained["debiased"]["version"]
+    extra = [
+        v for variant in VARIANTS for v in study["versions"][variant][1 if variant in ARMS else 0 :]
+    ]
+    assert sorted(list_versions(registry, "ranker")) == sorted(
+        [result["production"], *versions, *extra]
+    )
+    # The true-curve variant trained with the simulator's examination curve, unchanged.
+    curve = json.loads((tmp_path / "seeds" / "debiased_true_curve-1" / "metrics.json").read_text())
+    want = examination(np.arange(64), 1.0)
+    np.testing.assert_allclose(curve["examination"], want, atol=1e-4)
+    for formula in ("watch_time", "default_formula"):
+        assert set(study[formula]["mean"]) == set(VARIANTS)
     for version in versions:
         verify(registry / "ranker" / version)
         graph = onnx.load(registry / "ranker" / version / "model.onnx").graph

@@ -34,7 +34,7 @@ test-gpu: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy ranker serving training
+	$(VENV)/bin/mypy ranker serving training sim cli
 
 $(VENV)/.bench: $(VENV)/.dev
 	$(PY) -m pip install -q -e '.[dev,bench]'

@@ -10,7 +10,7 @@
     python -m benchmarks.debias_ab [--size full|tiny] [--seeds 3] [--out out/debias_ab]
 
 Every stage runs the project's real path: the service (`python -m serving.server`, ONNX Runtime,
-impression log with the served features and positions), `training.traffic.run_traffic`,
+impression log with the served features and positions), `sim.traffic.run_traffic`,
 `training.build_log.build_log`, `training.retrain.run_once` (gate included), `export_run`.
 One step is the demo's own: the service stamps impressions with the wall clock, so every
 simulated day lands on today; the loop puts each built row back on the simulated day of its
@@ -45,21 +45,21 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
+from cli.demo import free_port, start_service
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula
+from sim.simulate import simulate
+from sim.traffic import TrafficConfig, examination, run_traffic
+from sim.world import SimulatorConfig, World
 from training.ab_report import ab_report
 from training.ab_stats import Estimate, ratio, relative_lift
 from training.build_log import BuildConfig, Source, build_log
 from training.config import load_config
 from training.data import MS_PER_DAY, day_name
-from training.demo import free_port, start_service
 from training.export import export_run
 from training.retrain import run_once
 from training.retrain_config import load_retrain_config
-from training.simulate import simulate
-from training.traffic import TrafficConfig, examination, run_traffic
 from training.trainer import Trainer, prepare_data
-from training.world import SimulatorConfig, World
 
 MODEL = "ranker"
 ARMS = ("biased", "debiased")  # control, treatment
@@ -402,13 +402,13 @@ def counterfactual(
     from ranker.features import FeatureEncoder
     from ranker.registry import load_manifest
     from ranker.scoring import score
+    from sim.traffic import Served, log_table, sample_requests
     from training.data import encode_table
-    from training.traffic import Served, log_table, sample_requests
     from training.tune import onnx_predict
 
     batch = list(sample_requests(world, day, seed=day, n=requests))
     truth = []
-    for r in batch:  # as training.traffic.draw asks the world, for the candidates in any order
+    for r in batch:  # as sim.traffic.draw asks the world, for the candidates in any order
         user, hour, tab, ts = (
             np.full(len(r.candidates), v) for v in (r.user_idx, r.hour, r.tab, r.ts)
         )

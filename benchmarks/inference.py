@@ -26,9 +26,9 @@ from benchmarks.report import machine, write_section
 from ranker.features import FeatureEncoder
 from ranker.models import build_model
 from ranker.schema import DenseStats, load_default_spec
+from sim.simulate import SimulatorConfig, simulate
 from training.data import encode_log, read_log
 from training.export import to_onnx
-from training.simulate import SimulatorConfig, simulate
 
 CONFIG = {"num_experts": 8, "expert_units": [256, 128], "tower_units": [64], "embedding_dim": 16}
 COUNTS = (100, 500, 1000)

@@ -4,7 +4,7 @@ KuaiRand-layout log of any size with a known ground truth.
 
     python -m benchmarks.kuairand_layout OUT [--users 2000 --items 1500 --days 14 --requests 2460]
 
-Labels and features come from `training.world` (one request = one user at one time, 10-30
+Labels and features come from `sim.world` (one request = one user at one time, 10-30
 impressions); the mapping to KuaiRand's columns: video_id = item, play_time_ms = watch time (0 when
 not clicked), duration_ms = the video's duration, hourmin = Beijing time of day, tab = tab; the user
 table carries the activity degree, follower counts and the user codes (onehot_feat1..3, the device
@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from training.simulate import SimulatorConfig, World, simulate_day
-from training.world import DEVICES
+from sim.simulate import SimulatorConfig, World, simulate_day
+from sim.world import DEVICES
 
 BEIJING_MS = 8 * 3_600_000
 ONEHOT = 18

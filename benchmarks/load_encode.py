@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from benchmarks.report import machine, write_section
 from ranker.features import FeatureEncoder
 from ranker.schema import load_default_spec
+from sim.simulate import SimulatorConfig, simulate
 from training.data import encode_log, log_files, read_log, required_columns
-from training.simulate import SimulatorConfig, simulate
 
 
 def best_of(repeat: int, work: Callable[[], object]) -> float:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.report import machine, write_section
+from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import PreparedData, Trainer, prepare_data
 
 MODEL = [

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import machine
+from sim.simulate import SimulatorConfig, simulate
 from training.config import TrainConfig, load_config
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import PreparedData, Trainer, prepare_data
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -46,9 +46,9 @@ from ranker.models import build_model
 from ranker.registry import publish
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
+from sim.simulate import SimulatorConfig, simulate
 from training.data import read_log
 from training.export import to_onnx
-from training.simulate import SimulatorConfig, simulate
 
 OFF = "ranker, features off"
 CONFIG = {"num_experts": 8, "expert_units": [256, 128], "tower_units": [64], "embedding_dim": 16}

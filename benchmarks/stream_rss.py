@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import machine, write_section
-from training.simulate import SimulatorConfig, simulate
+from sim.simulate import SimulatorConfig, simulate
 
 DAYS = 14
 IMPRESSIONS_PER_REQUEST = 20  # the simulator's mean (10-30)
@@ -52,7 +52,7 @@ def train_peak_rss(log: Path, run_dir: Path, stream: bool, buffer: int) -> dict[
     command = [
         sys.executable,
         "-m",
-        "training.cli",
+        "cli.main",
         "train",
         "--quiet",
         f"data.paths=[{log}]",

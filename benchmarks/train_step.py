@@ -24,8 +24,8 @@ import torch
 
 from benchmarks.report import machine, write_section
 from ranker.balancing import BALANCERS
+from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer, prepare_data
 
 MODEL = [

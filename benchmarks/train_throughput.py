@@ -39,11 +39,11 @@ from benchmarks.kuairand_layout import write_kuairand_layout
 from benchmarks.peer_training import rechub_inputs, rechub_model
 from benchmarks.report import machine, write_section
 from ranker.schema import FeatureSpec
+from sim.simulate import SimulatorConfig
 from training.config import TrainConfig, load_config
 from training.data import EncodedData
 from training.evaluate import evaluate_predictions
 from training.kuairand import SPEC_FILE, import_kuairand, kuairand_spec
-from training.simulate import SimulatorConfig
 from training.trainer import CHECKPOINT, PreparedData, Trainer, prepare_data
 
 MODEL = [

@@ -1,27 +1,34 @@
 """Model versions as warmed ONNX Runtime sessions (CUDA when present, else CPU, never silently).
 
-A version is loaded only after its bytes match the manifest's sha256; the session is built from
-exactly the bytes that were hashed. The graph takes the user group with batch 1 and the item group
-with batch N and broadcasts the user side inside, so a request costs one `run`.
+The verified session itself is `ranker.onnx_model` (shared with tuning, retraining and export);
+this pool adds what serving needs: the settings' providers and threads, the check that manifest,
+feature spec and graph agree, and a warm-up. The graph takes the user group with batch 1 and the
+item group with batch N and broadcasts the user side inside, so a request costs one `run`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from ranker.experiments import ModelRef
 from ranker.features import FeatureEncoder
-from ranker.registry import MODEL_FILE, Manifest, RegistryError, model_path, verify
+from ranker.onnx_model import (
+    OnnxModel,
+    OnnxModelError,
+    RuntimeOptions,
+    available_providers,
+    read_verified,
+    usable_providers,
+)
+from ranker.registry import Manifest, RegistryError, model_path, verify
 from ranker.schema import FeatureSpec, SpecError
-from serving.settings import CPU, CUDA, Settings
+from serving.settings import CUDA, Settings
 
 log = logging.getLogger("ranker.serving.models")
 
@@ -54,7 +61,7 @@ class LoadedModel:
     manifest: Manifest
     encoder: FeatureEncoder
     kinds: FieldKinds
-    session: ort.InferenceSession = field(repr=False)
+    onnx: OnnxModel = field(repr=False)
     tasks: tuple[str, ...]
     outputs: tuple[str, ...]
     # Providers asked for in settings (in order) and the one the session actually runs on.
@@ -69,24 +76,10 @@ class LoadedModel:
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run; task -> predictions [N] in natural units, in the manifest's task order."""
-        if self.provider == CUDA:
-            outputs = self._run_bound(feeds)
-        else:
-            outputs = self.session.run(self.outputs, dict(feeds))
+        outputs = self.onnx.run(feeds)
         return {
             task: np.asarray(out).reshape(-1) for task, out in zip(self.tasks, outputs, strict=True)
         }
-
-    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        # IO binding: inputs go to the GPU once and outputs come back in one copy, instead of
-        # ORT's per-run staging. Untested: no GPU where this was written (docs/serving.md).
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name in self.outputs:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return list(binding.copy_outputs_to_cpu())
 
     def warm(self, counts: Iterable[int]) -> None:
         """Run once per candidate count so allocations and kernels are ready before serving."""
@@ -97,24 +90,13 @@ class LoadedModel:
             self.predict({**user, **item})
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
-    options.inter_op_num_threads = settings.inter_op_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    spinning = "1" if settings.ort_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    return options
-
-
-def usable_providers(wanted: Sequence[str]) -> tuple[str, ...]:
-    """The wanted providers this onnxruntime build has, in the wanted order (CPU always last)."""
-    available = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in available]
-    if CPU not in chosen:
-        chosen.append(CPU)  # ORT needs it as the fallback for ops another provider lacks
-    return tuple(chosen)
+def runtime_options(settings: Settings, providers: tuple[str, ...]) -> RuntimeOptions:
+    return RuntimeOptions(
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        spinning=settings.ort_spinning,
+        providers=providers,
+    )
 
 
 class ModelPool:
@@ -129,12 +111,12 @@ class ModelPool:
             log.warning(
                 "providers %s are not in this onnxruntime build (%s); sessions will use %s",
                 skipped,
-                ort.get_available_providers(),
+                available_providers(),
                 list(self.providers),
             )
         if settings.require_cuda and CUDA not in self.providers:
             raise ModelError(
-                f"RANKER_REQUIRE_CUDA is set but onnxruntime offers {ort.get_available_providers()}"
+                f"RANKER_REQUIRE_CUDA is set but onnxruntime offers {available_providers()}"
             )
 
     def exists(self, ref: ModelRef) -> bool:
@@ -160,67 +142,36 @@ class ModelPool:
         return {ref: reuse[ref] if ref in reuse else self.load_one(ref) for ref in refs}
 
     def load_one(self, ref: ModelRef) -> LoadedModel:
+        """Verify, build the session, check it against the manifest and the spec, warm it."""
         started = time.perf_counter()
-        manifest = self.manifest(ref)
-        path = self.root / ref.name / ref.version / MODEL_FILE
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read model: {exc.strerror}") from None
-        # verify() hashed the file; hash the bytes we load too, so a file swapped in between fails.
-        if hashlib.sha256(data).hexdigest() != manifest.sha256:
-            raise ModelError(f"{path}: sha256 changed while loading; refusing it")
+        manifest, onnx = self._session(ref)
         try:
             spec = manifest.spec()
         except SpecError as exc:
             raise ModelError(f"model {ref}: bad feature spec in manifest: {exc}") from None
         encoder = FeatureEncoder(spec)
-        tasks = tuple(manifest.task_names)
-        outputs = tuple(manifest.outputs)
-        for group in ("user", "item"):
-            if list(manifest.inputs.get(group, [])) != encoder.input_names(group):
-                raise ModelError(
-                    f"model {ref}: manifest inputs.{group} {manifest.inputs.get(group)} differ "
-                    f"from the feature spec's {encoder.input_names(group)}"
-                )
-        if len(outputs) != len(tasks):
-            raise ModelError(f"model {ref}: {len(outputs)} outputs for {len(tasks)} tasks")
-        try:
-            session = ort.InferenceSession(
-                data, sess_options=session_options(self.settings), providers=list(self.providers)
-            )
-        except Exception as exc:  # ORT raises its own exception types
-            raise ModelError(f"model {ref}: ONNX Runtime cannot load it: {exc}") from None
-        graph_inputs = sorted(i.name for i in session.get_inputs())
-        wanted_inputs = sorted(manifest.inputs.get("user", []) + manifest.inputs.get("item", []))
-        if graph_inputs != wanted_inputs:
-            raise ModelError(
-                f"model {ref}: graph inputs {graph_inputs} != manifest {wanted_inputs}"
-            )
-        graph_outputs = [o.name for o in session.get_outputs()]
-        if not set(outputs) <= set(graph_outputs):
-            raise ModelError(f"model {ref}: graph outputs {graph_outputs} lack {list(outputs)}")
-        active = session.get_providers()
-        provider = active[0] if active else CPU
-        if provider != self.providers[0]:
+        check_io(ref, manifest, encoder, onnx)
+        if onnx.provider != self.providers[0]:
             log.error(
                 "model %s: asked for %s, ONNX Runtime runs it on %s",
                 ref,
                 self.providers[0],
-                provider,
+                onnx.provider,
             )
-        if self.settings.require_cuda and provider != CUDA:
-            raise ModelError(f"model {ref}: RANKER_REQUIRE_CUDA is set, session runs on {provider}")
+        if self.settings.require_cuda and onnx.provider != CUDA:
+            raise ModelError(
+                f"model {ref}: RANKER_REQUIRE_CUDA is set, session runs on {onnx.provider}"
+            )
         model = LoadedModel(
             ref=ref,
             manifest=manifest,
             encoder=encoder,
             kinds=FieldKinds.of(spec),
-            session=session,
-            tasks=tasks,
-            outputs=outputs,
+            onnx=onnx,
+            tasks=tuple(manifest.task_names),
+            outputs=onnx.outputs,
             requested=tuple(self.settings.providers),
-            provider=provider,
+            provider=onnx.provider,
             load_seconds=0.0,
         )
         try:
@@ -228,5 +179,35 @@ class ModelPool:
         except Exception as exc:
             raise ModelError(f"model {ref}: warm-up run failed: {exc}") from None
         seconds = time.perf_counter() - started
-        log.info("model %s loaded on %s and warmed in %.2f s", ref, provider, seconds)
+        log.info("model %s loaded on %s and warmed in %.2f s", ref, onnx.provider, seconds)
         return replace(model, load_seconds=seconds)
+
+    def _session(self, ref: ModelRef) -> tuple[Manifest, OnnxModel]:
+        """The version's verified manifest and session (ModelError naming the ref otherwise)."""
+        try:
+            manifest, data = read_verified(model_path(self.root, ref.name, ref.version).parent)
+        except RegistryError as exc:
+            raise ModelError(str(exc)) from None
+        if len(manifest.outputs) != len(manifest.tasks):
+            raise ModelError(
+                f"model {ref}: {len(manifest.outputs)} outputs for {len(manifest.tasks)} tasks"
+            )
+        options = runtime_options(self.settings, self.providers)
+        try:
+            return manifest, OnnxModel(data, manifest.outputs, options)
+        except OnnxModelError as exc:
+            raise ModelError(f"model {ref}: {exc}") from None
+
+
+def check_io(ref: ModelRef, manifest: Manifest, encoder: FeatureEncoder, onnx: OnnxModel) -> None:
+    """The manifest's inputs are what the spec encodes and what the graph takes."""
+    for group in ("user", "item"):
+        if list(manifest.inputs.get(group, [])) != encoder.input_names(group):
+            raise ModelError(
+                f"model {ref}: manifest inputs.{group} {manifest.inputs.get(group)} differ "
+                f"from the feature spec's {encoder.input_names(group)}"
+            )
+    graph_inputs = sorted(onnx.input_names)
+    wanted_inputs = sorted(manifest.inputs.get("user", []) + manifest.inputs.get("item", []))
+    if graph_inputs != wanted_inputs:
+        raise ModelError(f"model {ref}: graph inputs {graph_inputs} != manifest {wanted_inputs}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
 
-from serving.experiments import ExperimentStore, FileStore, RedisStore
+from ranker.experiment_store import ExperimentStore, open_store
 from serving.impressions import ImpressionLog, JsonlSink, RedisStreamSink, Sink
 from serving.models import ModelPool
 from serving.settings import Settings
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from serving.tracing import RankTracer
 
 log = logging.getLogger("ranker.serving")
+
+# The packaged experiment config (read-only) used when RANKER_EXPERIMENTS_FILE is unset.
+DEFAULT_EXPERIMENTS = Path(__file__).with_name("default_experiments.yaml")
 
 
 @dataclass
@@ -35,17 +39,16 @@ class Service:
         self.impressions.close()
 
 
-def open_store(settings: Settings) -> ExperimentStore:
-    file_store = FileStore(settings.experiments_file, settings.registry)
-    if settings.redis_url is None:
-        return file_store
-    return RedisStore(
-        settings.redis_url,
-        settings.experiments_key,
-        settings.experiments_channel,
-        settings.registry,
+def open_experiments(settings: Settings) -> ExperimentStore:
+    """Redis when configured (an empty key seeded from the file once), else the file."""
+    return open_store(
+        Path(settings.registry),
+        file=settings.experiments_file or DEFAULT_EXPERIMENTS,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        read_only=settings.experiments_file is None,
+        seed_from_file=True,
         timeout=settings.redis_timeout_s,
-        seed=file_store.load,
     )
 
 
@@ -72,7 +75,7 @@ def open_service(settings: Settings) -> Service:
     the watcher keeps trying, so a Redis that starts later is picked up.
     """
     pool = ModelPool(settings)
-    manager = StateManager(open_store(settings), pool, settings.poll_interval_s)
+    manager = StateManager(open_experiments(settings), pool, settings.poll_interval_s)
     impressions = ImpressionLog(open_sink(settings), settings.impression_queue)
     impressions.start()
     manager.start()

@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ranker.experiment_store import experiments_channel, experiments_key
+
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
 PREFIX = "RANKER_"
@@ -165,11 +167,11 @@ class Settings:
 
     @property
     def experiments_key(self) -> str:
-        return f"{self.redis_prefix}:experiments"
+        return experiments_key(self.redis_prefix)
 
     @property
     def experiments_channel(self) -> str:
-        return f"{self.redis_prefix}:experiments:changed"
+        return experiments_channel(self.redis_prefix)
 
     @property
     def impressions_stream(self) -> str:

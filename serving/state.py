@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ranker.experiment_store import ExperimentStore, StoreError, model_fields
 from ranker.experiments import ExperimentConfig, ExperimentError, ModelRef
 from serving.decoding import RequestDecoder
 from serving.errors import split_field
-from serving.experiments import ExperimentStore, StoreError, model_fields
 from serving.models import LoadedModel, ModelError, ModelPool
 
 log = logging.getLogger("ranker.serving.state")

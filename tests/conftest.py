@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from training.simulate import SimulatorConfig, simulate
+from sim.simulate import SimulatorConfig, simulate
 
 _BLOCK_TORCH = """
 import importlib.abc, sys

@@ -1,7 +1,9 @@
 """Every module imported at run time is a declared dependency of the install that runs it.
 
 Three installs (pyproject.toml): the core (the torch-free library), `ranker[serve]` (the online
-service, no torch) and `ranker[train]` (everything: training, the demo, the CLI). A third-party
+service, no torch) and `ranker[train]` (everything: training, the demo, the CLI). A few torch-free
+ranker modules are shared by several packages and need an extra (CORE_WITH_EXTRA): no other core
+module may import them, so `pip install ranker` keeps its four dependencies. A third-party
 import that arrives only by accident (starlette through fastapi, httpx through a dev tool) fails
 here, and so does a serving install that would resolve torch.
 """
@@ -34,6 +36,15 @@ NOT_IMPORTED = {
 }
 
 
+# Torch-free ranker modules that need an extra: path -> (extra, why they live in ranker/). The core
+# install never reaches them (the core test proves no other core module imports them).
+CORE_WITH_EXTRA = {
+    "ranker/experiment_store.py": ("serve", "Redis store: written by retraining, read by serving"),
+    "ranker/onnx_model.py": ("serve", "the one verified ONNX session of serving, tuning, export"),
+    "ranker/progress.py": ("train", "progress bars (tqdm) of training and the simulator"),
+}
+
+
 def _all_files() -> list:
     return sorted(p for pkg in packages() for p in (ROOT / pkg).rglob("*.py"))
 
@@ -44,6 +55,7 @@ def _torch_free_core() -> list:
         p
         for p in (ROOT / "ranker").rglob("*.py")
         if not any(p.is_relative_to(t) for t in torch_side)
+        and str(p.relative_to(ROOT)) not in CORE_WITH_EXTRA
     )
 
 
@@ -57,6 +69,17 @@ def _undeclared(files: list, *extras: str) -> dict[str, str]:
 def test_the_torch_free_core_imports_only_core_dependencies() -> None:
     missing = _undeclared(_torch_free_core())
     assert not missing, f"the core dependencies in pyproject.toml miss {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(CORE_WITH_EXTRA))
+def test_core_modules_with_an_extra_import_only_what_it_declares(name: str) -> None:
+    extra, _ = CORE_WITH_EXTRA[name]
+    assert (ROOT / name).is_file(), name
+    _, modules = closure([ROOT / name])
+    if extra == "serve":
+        assert not modules & TRAINING_ONLY, f"{name} imports {sorted(modules & TRAINING_ONLY)}"
+    missing = _undeclared([ROOT / name], extra)
+    assert not missing, f"the {extra} extra in pyproject.toml misses {missing}"
 
 
 def test_serving_imports_only_what_the_serve_extra_declares() -> None:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from serving.settings import Settings
-from tests.imports import ROOT, declared, module_file, pyproject, split_requirement
+from tests.imports import ROOT, declared, module_file, packages, pyproject, split_requirement
 
 DOCKER = ROOT / "docker"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -408,7 +408,8 @@ def test_train_image_pins_torch_from_a_swappable_index() -> None:
     project_at = next(i for i, (_, t) in enumerate(installs) if any(map(_is_local_path, t)))
     assert torch_at < project_at, "torch must be in place before `pip install .` resolves the pin"
     assert _project_extras(installs[project_at][1]) == ["train"]
-    assert "training/" in _copy_sources(steps)
+    missing = {f"{p}/" for p in packages()} - set(_copy_sources(steps))
+    assert not missing, f"the trainer image leaves out the packages {sorted(missing)}"
     (entrypoint,) = _args(steps, "ENTRYPOINT")
     assert _exec_form(entrypoint) == ["ranker"]
     assert "ranker" in pyproject()["project"]["scripts"]

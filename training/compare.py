@@ -215,7 +215,7 @@ def _train_one(train_config: TrainConfig) -> dict[str, Any]:
 
 def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]:
     """Train every run of the grid (skipping finished ones) and write the tables and plots."""
-    from training.progress import progress_bar
+    from ranker.progress import progress_bar
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def run_compare(config: CompareConfig, progress: bool = True) -> dict[str, Path]
 
 def _simulated(config: CompareConfig, data_dir: Path) -> CompareConfig:
     """Simulate the log once (seeded: a re-run finds the same files) and point the base at it."""
-    from training.simulate import SimulatorConfig, simulate
+    from sim.simulate import SimulatorConfig, simulate
 
     if not any(data_dir.rglob("*.parquet")):
         simulate(SimulatorConfig(**dict(config.simulate or {})), data_dir)

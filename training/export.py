@@ -25,6 +25,7 @@ import torch
 from ranker.features import FeatureEncoder
 from ranker.model_card import CARD_FILE
 from ranker.models import MultiTaskModel
+from ranker.onnx_model import OnnxModel, OnnxModelError
 from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, publish
 from ranker.schema import FeatureSpec
 from training.data import EncodedData, encode_table, read_log
@@ -210,14 +211,18 @@ def check_parity(
     """ONNX Runtime (CPU) vs torch eager, row-wise (user batch N) and per request (user batch 1,
     the first few requests). Returns the differences per layout and task; ExportError above
     `tolerance`."""
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
-    if output_names != list(model.task_names):
-        raise ExportError(f"ONNX outputs {output_names} differ from the tasks {model.task_names}")
+    try:
+        session = OnnxModel(model_bytes)
+    except OnnxModelError as exc:
+        raise ExportError(f"exported graph: {exc}") from None
+    if list(session.outputs) != list(model.task_names):
+        raise ExportError(
+            f"ONNX outputs {list(session.outputs)} differ from the tasks {model.task_names}"
+        )
 
     def compare(feeds: dict[str, np.ndarray]) -> dict[str, float]:
         try:
-            got = session.run(None, feeds)
+            got = session.run(feeds)
         except Exception as exc:  # ORT raises its own types; the message is what matters
             raise ExportError(f"ONNX Runtime failed on held-out rows: {exc}") from None
         with torch.no_grad():

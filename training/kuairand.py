@@ -4,7 +4,7 @@ Input: a directory (or its `data/` folder) with KuaiRand's own files, any versio
 `log_standard_*.csv`, `log_random_*.csv`, `user_features*.csv`, `video_features_basic*.csv`.
 Output: `OUT/day=YYYY-MM-DD/part-NNNNN.parquet` in the impression-log contract of DESIGN.md, and
 `OUT/feature_spec.yaml` naming the imported features, each categorical one sized to the values the
-import saw (`training.buckets`: collision-free for low cardinality, 8x headroom for ids; the reason
+import saw (`ranker.table_sizing`: collision-free for low cardinality, 8x headroom for ids; the reason
 per feature is in the spec's `extra.bucket_sizing`). Logs are streamed in chunks; the output does not
 depend on the chunking.
 
@@ -44,10 +44,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
+from ranker.progress import progress_bar
 from ranker.schema import Feature, FeatureSpec, Side
-from training.buckets import CardinalityCounter, Sizing
+from ranker.table_sizing import CardinalityCounter, Sizing
 from training.errors import DataError
-from training.progress import progress_bar
 
 SPEC_FILE = "feature_spec.yaml"
 
@@ -229,7 +229,7 @@ def kuairand_spec(
     request_window_ms: int = 60_000, sizing: Mapping[str, Sizing] | None = None
 ) -> FeatureSpec:
     """The feature spec of an imported KuaiRand log. With `sizing` (what the import observed,
-    `training.buckets`) each categorical feature gets its sized bucket count and the reason is
+    `ranker.table_sizing`) each categorical feature gets its sized bucket count and the reason is
     kept in `extra.bucket_sizing`; without, the fixed sizes below (made for KuaiRand-27K)."""
     cat: list[tuple[str, Side, int]] = [
         ("user_id", "user", 1 << 17),  # 27,285 users

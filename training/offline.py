@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ranker.features import FeatureEncoder
-from ranker.registry import Manifest, verify
+from ranker.registry import Manifest
 from ranker.schema import ID_COLUMNS, LABEL_COLUMNS, ORACLE_COLUMNS, FeatureSpec, SpecError
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula, score
 from ranker.tasks import labels_from_columns
@@ -54,19 +54,15 @@ class OfflineModel:
     """A registry version ready to predict: manifest, encoder and one ONNX Runtime session."""
 
     def __init__(self, version_dir: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from ranker.onnx_model import OnnxModel, RuntimeOptions
 
         self.version_dir = Path(version_dir)
-        self.manifest: Manifest = verify(self.version_dir)  # refuses a tampered model.onnx
+        # Verified bytes (a tampered model.onnx is refused), the session built from them.
+        self.manifest, self.onnx = OnnxModel.load(
+            self.version_dir, RuntimeOptions(intra_op_threads=threads or 0)
+        )
         self.spec: FeatureSpec = self.manifest.spec()
         self.encoder = FeatureEncoder(self.spec)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_names = [i.name for i in self.session.get_inputs()]
         self.tasks = list(self.manifest.outputs)
 
     @property
@@ -80,7 +76,7 @@ class OfflineModel:
             inputs = self.encoder.encode(columns, table.num_rows)
         except SpecError as exc:
             raise DataError("log", str(exc)) from None
-        outputs = self.session.run(self.tasks, {n: inputs[n] for n in self.input_names})
+        outputs = self.onnx.run({n: inputs[n] for n in self.onnx.input_names})
         return {
             task: np.asarray(values, dtype=np.float32).reshape(-1)
             for task, values in zip(self.tasks, outputs, strict=True)

@@ -29,19 +29,18 @@ import numpy as np
 import redis
 import yaml
 
+from ranker.experiment_store import (
+    ExperimentStore,
+    FileStore,
+    StoreError,
+    latest_names,
+)
+from ranker.experiment_store import open_store as open_experiment_store
 from ranker.experiments import ExperimentConfig, ExperimentError, Layer, ModelRef, Variant
 from ranker.features import FeatureEncoder
 from ranker.registry import MODEL_FILE, Manifest, RegistryError, load_manifest, verify
 from ranker.schema import FeatureSpec
 from ranker.scoring import DEFAULT_FORMULA
-from serving.experiments import (
-    ExperimentStore,
-    FileStore,
-    RedisStore,
-    StoreError,
-    latest_names,
-)
-from serving.settings import Settings
 from training.config import ConfigError
 from training.data import EncodedData, encode_log, read_log
 from training.gate import Decision, decide
@@ -69,12 +68,13 @@ class RetrainError(RuntimeError):
 # -- stores, lock, production --------------------------------------------------------------------
 def open_store(config: RetrainConfig) -> ExperimentStore:
     """The service's experiment store. No seed: an empty store means "no production yet"."""
-    exp, registry = config.experiments, Path(config.registry)
-    if exp.redis_url:
-        names = Settings(redis_prefix=exp.redis_prefix)
-        return RedisStore(exp.redis_url, names.experiments_key, names.experiments_channel, registry)
-    assert exp.file is not None
-    return FileStore(Path(exp.file), registry)
+    exp = config.experiments
+    return open_experiment_store(
+        Path(config.registry),
+        file=Path(exp.file) if exp.file and not exp.redis_url else None,
+        redis_url=exp.redis_url or None,
+        redis_prefix=exp.redis_prefix,
+    )
 
 
 def open_lock(config: RetrainConfig) -> RunLock:

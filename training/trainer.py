@@ -412,7 +412,7 @@ class Trainer:
             steps = itertools.islice(steps, loop.max_steps_per_epoch)
         bar = None
         if self.progress:
-            from training.progress import progress_bar
+            from ranker.progress import progress_bar
 
             bar = progress_bar(
                 total=total, desc=f"epoch {self.epoch + 1}/{loop.epochs}", unit="step", leave=False

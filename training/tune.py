@@ -24,11 +24,11 @@ import yaml
 
 from ranker import metrics
 from ranker.features import FeatureEncoder
+from ranker.progress import on_terminal
 from ranker.registry import Manifest, verify
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula, score
 from training.data import EncodedData, encode_log, read_log
 from training.errors import DataError
-from training.progress import on_terminal
 
 METRIC = re.compile(r"^(?P<task>[a-z_]+)\.ndcg@(?P<k>\d+)$")
 CONSTRAINT = re.compile(
@@ -77,26 +77,22 @@ def parse_constraint(text: str, tasks: Sequence[str]) -> Constraint:
 def onnx_predict(
     model_dir: Path, manifest: Manifest, data: EncodedData, batch: int = 16384
 ) -> dict[str, np.ndarray]:
-    """Per-task predictions of the exported model for every row (user inputs one row per item)."""
-    import onnxruntime as ort
+    """Per-task predictions of the exported model for every row (user inputs one row per item),
+    from the verified registry bytes, as the service scores them (`ranker.onnx_model`)."""
+    from ranker.onnx_model import OnnxModel
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(
-        str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    names = [i.name for i in session.get_inputs()]
-    missing = [n for n in names if n not in data.inputs]
+    verified, model = OnnxModel.load(model_dir)
+    if verified.sha256 != manifest.sha256:
+        raise TuneError(
+            f"{model_dir}: holds model sha256 {verified.sha256[:12]}, not {manifest.name}/"
+            f"{manifest.version}'s {manifest.sha256[:12]}"
+        )
+    missing = [n for n in model.input_names if n not in data.inputs]
     if missing:
         raise TuneError(
             f"the data encodes no {missing} input for model {manifest.name}/{manifest.version}"
         )
-    parts: dict[str, list[np.ndarray]] = {t: [] for t in manifest.outputs}
-    for chunk in data.slices(batch):
-        outputs = session.run(list(manifest.outputs), {n: chunk.inputs[n] for n in names})
-        for task, values in zip(manifest.outputs, outputs, strict=True):
-            parts[task].append(np.asarray(values, dtype=np.float64).reshape(-1))
-    return {task: np.concatenate(chunks) for task, chunks in parts.items()}
+    return model.predict_rows(data.inputs, batch=batch, dtype=np.float64)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from benchmarks.debias_ab import (
     run,
 )
 from ranker.registry import list_versions, verify
-from training.traffic import examination
+from sim.traffic import examination
 
 
 def test_the_loop_runs_end_to_end(tmp_path: Path) -> None:

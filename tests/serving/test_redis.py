@@ -11,8 +11,8 @@ import orjson
 import pytest
 import redis
 
+from ranker.experiment_store import RedisStore, StaleVersionError, StoreError
 from ranker.experiments import ExperimentConfig
-from serving.experiments import RedisStore, StaleVersionError, StoreError
 from serving.settings import Settings
 from tests.serving.conftest import AUTH, REDIS_URL, OwnRedis, sample, serve, wait_for
 

@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 import yaml
 
+from cli.main import main
 from ranker.features import FeatureEncoder
 from ranker.registry import load_manifest
 from serving.app import create_app
@@ -30,7 +31,6 @@ from serving.settings import Settings
 from tests.conftest import REDIS_URL, TINY
 from tests.serving.conftest import AB_FILE, free_port
 from training.build_log import MANIFEST, PART, BuildConfig, Source, build_log
-from training.cli import main
 from training.data import encode_log, read_log
 from training.log_inputs import parse_event
 from training.retrain import run_once

@@ -11,7 +11,7 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from training.cli import main
+from cli.main import main
 from training.config import TrainConfig, load_config
 from training.retrain_config import load_retrain_config
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cli.main import main
 from ranker.experiments import ExperimentConfig
 from ranker.registry import verify
-from training.cli import main
 
 
 def test_quick_demo_end_to_end(tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.cli import main
+from cli.main import main
 from training.config import ConfigError, load_config
 from training.kuairand import NOTE_MEANINGS, SPEC_FILE, ImportReport, explain_note, import_kuairand
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.demo import experiments_doc, start_service
+from cli.main import main
+from cli.run_report import describe_normalised, render_metrics
+from ranker.progress import progress_bar
 from tests.conftest import tiny_overrides
 from tests.serving.conftest import free_port
-from training.cli import main
-from training.demo import experiments_doc, start_service
-from training.progress import progress_bar
-from training.run_report import describe_normalised, render_metrics
 
 
 def test_version_prints_the_installed_version(capsys) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
 from training.data import EncodedData
 from training.evaluate import predict
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import BEST, PreparedData, Trainer, load_best, prepare_data
 
 WORLD = SimulatorConfig(

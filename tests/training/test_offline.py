@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cli.main import main
 from ranker.features import FeatureEncoder
 from ranker.registry import load_manifest
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula, score
-from training.cli import main
 from training.config import load_config
 from training.data import MS_PER_DAY, encode_table, read_log
 from training.export import export_run

@@ -23,18 +23,18 @@ import pytest
 import redis
 import yaml
 
+from cli.main import main
+from ranker.experiment_store import FileStore, RedisStore
 from ranker.experiments import ModelRef
 from ranker.registry import list_versions, load_manifest
-from serving.experiments import FileStore, RedisStore
+from sim.simulate import SimulatorConfig, simulate
 from tests.conftest import REDIS_URL
-from training.cli import main
 from training.config import ConfigError
 from training.data import EncodedData
 from training.lock import FileLock, LockedError, LockLostError, RedisLock
 from training.retrain import EXIT_LOCKED, EXIT_UNREFERENCED, open_lock, open_store, run_once
 from training.retrain_config import ENV_KEYS, RetrainConfig, load_retrain_config
 from training.schedule import run_schedule
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,7 +289,7 @@ def hang(self, batch):
     pathlib.Path(sys.argv[1]).write_text("training")
     time.sleep(600)
 Trainer.train_step = hang
-from training.cli import main
+from cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -361,7 +361,7 @@ if stage == "export":  # inside the registry publish: the .tmp-* directory holds
     ranker.registry._write_synced = write_model_then_stop
 else:  # published, the experiment config not yet saved
     training.retrain.rolled_out = stop
-from training.cli import main
+from cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 

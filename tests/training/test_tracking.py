@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import training.tracking as tracking
+from sim.simulate import SimulatorConfig, simulate
 from training.config import ConfigError, TrainConfig, load_config
 from training.export import export_run
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer, prepare_data
 
 

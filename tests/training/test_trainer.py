@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
 from tests.conftest import tiny_overrides
-from training.cli import main
 from training.config import ConfigError, load_config
 from training.data import EncodedData
 from training.trainer import BEST, CHECKPOINT, Trainer, load_best, prepare_data
@@ -135,7 +135,7 @@ def test_two_process_data_parallel_matches_single_process(
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         "-m",
-        "training.cli",
+        "cli.main",
         "train",
         "--quiet",
         *tiny_overrides(tiny_log, parallel, *extra),
@@ -188,7 +188,7 @@ def test_compare_grid_writes_tables_and_plots(tiny_log: Path, tmp_path: Path) ->
 
 
 def test_every_command_is_registered() -> None:
-    from training.cli import build_parser
+    from cli.main import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     expected = {"simulate", "import-kuairand", "summary", "train", "compare", "export", "tune"}

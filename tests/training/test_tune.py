@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from cli.main import main
 from training.tune import TuneError, pareto_front, tune, write_outputs
 
 

@@ -20,20 +20,20 @@ from pathlib import Path
 import httpx
 import yaml
 
+from cli.run_report import render_metrics
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
+from sim.simulate import SimulatorConfig, simulate
+from sim.traffic import TrafficConfig, request_body, run_traffic, sample_requests
+from sim.world import World
 from training.ab_render import markdown
 from training.ab_report import ab_report
 from training.config import load_config
 from training.data import read_log
 from training.export import export_run
-from training.run_report import render_metrics
-from training.simulate import SimulatorConfig, simulate
 from training.summary import summarize
-from training.traffic import TrafficConfig, request_body, run_traffic, sample_requests
 from training.trainer import Trainer, prepare_data
 from training.tune import render, tune, write_outputs
-from training.world import World
 
 MODEL_NAME = "ranker"
 

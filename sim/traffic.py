@@ -45,8 +45,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from training.simulate import LOG_SCHEMA, ORACLE_SCHEMA, _tags_array, _write
-from training.world import Expected, World
+from sim.simulate import LOG_SCHEMA, ORACLE_SCHEMA, _tags_array, _write
+from sim.world import Expected, World
 
 MAX_REQUESTS = 1_000_000  # also the id stride: request i of a run is < 10**6
 CHUNK = 500  # requests sampled at a time: a run bounded by time samples little more than it sends

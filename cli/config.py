@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from cli.command import AddCommand
+
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -148,3 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5"
     )
+
+
+def register(add: AddCommand) -> None:
+    add_arguments(add("config", run, "print a config's JSON Schema or the resolved config"))

@@ -1,4 +1,4 @@
-"""Experiment-config stores: Redis (shared by replicas) or a YAML file (the embedded default).
+"""Experiment-config stores: Redis (shared by replicas) or a YAML file, and their key names.
 
 Both behind `ExperimentStore`: `load()` the current config, `save()` a validated one as the next
 version (refusing a stale `expected_version`), `poll()` a cheap token that changes when the config
@@ -9,6 +9,9 @@ Model version `latest` (file configs and PUT bodies) resolves to the registry's 
 version when the config is loaded; stored Redis configs always name concrete versions, so all
 replicas serve the same one. The file store's poll token includes the newest versions, so a new
 publish is picked up without a restart.
+
+Shared by the service (which watches the store) and the retraining job (which writes it), so both
+use the same key names without importing each other. Needs the `serve` extra (redis).
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ import yaml
 from ranker.experiments import ExperimentConfig, ExperimentError
 from ranker.registry import RegistryError, latest_version
 
-log = logging.getLogger("ranker.serving.experiments")
+log = logging.getLogger("ranker.experiment_store")
 
 LATEST = "latest"
-DEFAULT_FILE = Path(__file__).with_name("default_experiments.yaml")
+DEFAULT_PREFIX = "ranker"
+
+
+def experiments_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """The Redis hash holding the config (fields `version` and `config`)."""
+    return f"{prefix}:experiments"
+
+
+def experiments_channel(prefix: str = DEFAULT_PREFIX) -> str:
+    """The pub/sub channel that carries each new version number."""
+    return f"{experiments_key(prefix)}:changed"
 
 
 class StoreError(RuntimeError):
@@ -137,12 +150,12 @@ def parse_document(doc: Any, registry: Path) -> ExperimentConfig:
 
 
 class FileStore:
-    """A YAML file. The packaged default is read-only; another file is saved atomically."""
+    """A YAML file, saved atomically; a read-only one (a packaged default) refuses `save`."""
 
-    def __init__(self, path: Path | None, registry: Path) -> None:
-        self.path = Path(path) if path is not None else DEFAULT_FILE
+    def __init__(self, path: Path, registry: Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
         self.registry = Path(registry)
-        self.read_only = path is None
+        self.read_only = read_only
         self.description = f"file {self.path}"
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -343,3 +356,34 @@ class RedisStore:
         with self._wait_lock:  # a waiting thread leaves within one slice
             self._reset_pubsub()
         self.client.close()
+
+
+def open_store(
+    registry: Path,
+    *,
+    file: Path | None,
+    redis_url: str | None = None,
+    redis_prefix: str = DEFAULT_PREFIX,
+    read_only: bool = False,
+    seed_from_file: bool = False,
+    timeout: float = 1.0,
+) -> ExperimentStore:
+    """Redis at `redis_url` when given, else the YAML `file`.
+
+    `seed_from_file`: an empty Redis key is seeded once from `file` (the service does; the
+    retraining job does not, since an empty store means "no production yet" to it).
+    """
+    file_store = FileStore(file, registry, read_only=read_only) if file is not None else None
+    if redis_url is None:
+        if file_store is None:
+            raise StoreError("experiment store: neither a Redis URL nor a file was given")
+        return file_store
+    seed = file_store.load if seed_from_file and file_store is not None else None
+    return RedisStore(
+        redis_url,
+        experiments_key(redis_prefix),
+        experiments_channel(redis_prefix),
+        registry,
+        timeout=timeout,
+        seed=seed,
+    )

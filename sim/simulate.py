@@ -1,6 +1,6 @@
 """Write a simulated impression log: `OUT/day=YYYY-MM-DD/part-0.parquet`, one file per day.
 
-The ground truth lives in `training.world.World`; this module samples a day of traffic from it,
+The ground truth lives in `sim.world.World`; this module samples a day of traffic from it,
 draws labels and writes them in the impression-log contract (DESIGN.md) with the features named in
 `ranker/simulator_spec.yaml`. The world and every day have their own random streams derived from
 the seed, so the same config always writes the same tables.
@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ranker.progress import progress_bar
 from ranker.schema import load_default_spec
-from training.buckets import CardinalityCounter, Sizing
-from training.progress import progress_bar
-from training.world import TABS, SimulatorConfig, World
+from ranker.table_sizing import CardinalityCounter, Sizing
+from sim.world import TABS, SimulatorConfig, World
 
 __all__ = ["LOG_SCHEMA", "ORACLE_SCHEMA", "SimulationSummary", "SimulatorConfig", "World",
            "simulate", "simulate_day", "spec_sizing"]  # fmt: skip
@@ -135,7 +135,7 @@ def simulate_day(world: World, day: int) -> pa.Table:
 
 def spec_sizing(config: SimulatorConfig) -> dict[str, Sizing]:
     """Bucket counts for the simulator spec's categorical features from the values the world
-    can emit (`training.buckets`); `ranker/simulator_spec.yaml` holds those of the default config."""
+    can emit (`ranker.table_sizing`); `ranker/simulator_spec.yaml` holds those of the default config."""
     world = World(config)
     values: dict[str, np.ndarray] = {
         "user_id": np.arange(config.users),

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from training.simulate import (
+from sim.simulate import (
     LOG_SCHEMA,
     ORACLE_SCHEMA,
     SimulationSummary,
@@ -19,7 +19,7 @@ from training.simulate import (
     World,
     simulate,
 )
-from training.world import DAY_MS, HOUR_MS
+from sim.world import DAY_MS, HOUR_MS
 
 SMALL = SimulatorConfig(
     users=400, items=3000, authors=150, days=3, requests_per_day=400, seed=7, oracle=True

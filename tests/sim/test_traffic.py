@@ -17,14 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import uvicorn
 
+from cli.main import main
 from ranker.schema import load_default_spec
 from serving.app import create_app
 from serving.settings import Settings
-from tests.serving.conftest import AB_FILE, free_port
-from tests.training.conftest import TINY
-from training.cli import main
-from training.data import read_log
-from training.traffic import (
+from sim.traffic import (
     TrafficConfig,
     TrafficError,
     check_loopback,
@@ -32,7 +29,10 @@ from training.traffic import (
     run_traffic,
     sample_requests,
 )
-from training.world import World
+from sim.world import World
+from tests.serving.conftest import AB_FILE, free_port
+from tests.training.conftest import TINY
+from training.data import read_log
 
 # The world of the `tiny_log` the model was trained on, as `simulate-traffic` flags.
 WORLD_ARGS = ["--users", str(TINY.users), "--items", str(TINY.items), "--authors",

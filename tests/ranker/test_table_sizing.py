@@ -11,9 +11,9 @@ import pytest
 
 from ranker.features import FeatureEncoder, category_hashes, hash_categorical
 from ranker.schema import Feature, load_default_spec
-from training.buckets import ID_HEADROOM, LOW_CARDINALITY, CardinalityCounter, size_buckets
+from ranker.table_sizing import ID_HEADROOM, LOW_CARDINALITY, CardinalityCounter, size_buckets
+from sim.simulate import SimulatorConfig, spec_sizing
 from training.data import read_log
-from training.simulate import SimulatorConfig, spec_sizing
 
 
 def _sizing(values: list[object] | np.ndarray, name: str = "f") -> tuple[int, int]:

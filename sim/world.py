@@ -1,6 +1,6 @@
 """Ground truth of the simulated platform: users, authors and items with latent factors.
 
-One `World` both writes the offline impression logs (`training.simulate`) and can serve a
+One `World` both writes the offline impression logs (`sim.simulate`) and can serve a
 closed-loop traffic simulator: sample requests and candidates from it, send them to a service, and
 draw outcomes for whatever it served from the same expected values the logs were drawn from.
 

@@ -11,14 +11,14 @@
 
 Every stage runs the project's real path: the service (`python -m serving.server`, ONNX Runtime,
 impression log with the served features and positions), `sim.traffic.run_traffic`,
-`training.build_log.build_log`, `training.retrain.run_once` (gate included), `export_run`.
+`training.build_log.build_log`, `training.retrain.run.run_once` (gate included), `export_run`.
 One step is the demo's own: the service stamps impressions with the wall clock, so every
 simulated day lands on today; the loop puts each built row back on the simulated day of its
 request (from the traffic driver's outcome file) so the retrainer sees days to split.
 
 A candidate the gate refuses is still exported (unreferenced, reported as such) so the A/B can
 measure it. Every arm ranks by predicted watch time, the metric. Intervals: the delta method
-clustered by user (training.ab_stats), arms independent, and the same with CUPED on a covariate
+clustered by user (training.ab.stats), arms independent, and the same with CUPED on a covariate
 fixed before any arm ranks. A paired counterfactual ranks the same A/B-day requests with every
 model, and `--seeds N` retrains each variant (biased, debiased, debiased with the simulator's true
 curve fixed) with N training seeds to set the debiasing effect against training noise. Writes
@@ -51,14 +51,14 @@ from ranker.scoring import DEFAULT_FORMULA, ScoreFormula
 from sim.simulate import simulate
 from sim.traffic import TrafficConfig, examination, run_traffic
 from sim.world import SimulatorConfig, World
-from training.ab_report import ab_report
-from training.ab_stats import Estimate, ratio, relative_lift
+from training.ab.report import ab_report
+from training.ab.stats import Estimate, ratio, relative_lift
 from training.build_log import BuildConfig, Source, build_log
 from training.config import load_config
 from training.data import MS_PER_DAY, day_name
 from training.export import export_run
-from training.retrain import run_once
-from training.retrain_config import load_retrain_config
+from training.retrain.config import load_retrain_config
+from training.retrain.run import run_once
 from training.trainer import Trainer, prepare_data
 
 MODEL = "ranker"

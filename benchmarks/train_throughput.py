@@ -42,8 +42,9 @@ from ranker.schema import FeatureSpec
 from sim.simulate import SimulatorConfig
 from training.config import TrainConfig, load_config
 from training.data import EncodedData
+from training.datasets.kuairand.columns import SPEC_FILE, kuairand_spec
+from training.datasets.kuairand.importer import import_kuairand
 from training.evaluate import evaluate_predictions
-from training.kuairand import SPEC_FILE, import_kuairand, kuairand_spec
 from training.trainer import CHECKPOINT, PreparedData, Trainer, prepare_data
 
 MODEL = [

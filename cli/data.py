@@ -66,7 +66,7 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
 
 
 def _import_kuairand(args: argparse.Namespace) -> int:
-    from training.kuairand import import_kuairand
+    from training.datasets.kuairand.importer import import_kuairand
 
     report = import_kuairand(
         Path(args.src), Path(args.out), drop_invalid=args.drop_invalid, progress=not args.quiet

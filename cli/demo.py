@@ -26,8 +26,8 @@ from ranker.scoring import DEFAULT_FORMULA
 from sim.simulate import SimulatorConfig, simulate
 from sim.traffic import TrafficConfig, request_body, run_traffic, sample_requests
 from sim.world import World
-from training.ab_render import markdown
-from training.ab_report import ab_report
+from training.ab.render import markdown
+from training.ab.report import ab_report
 from training.config import load_config
 from training.data import read_log
 from training.export import export_run

@@ -71,8 +71,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _ab_report(args: argparse.Namespace) -> int:
-    from training.ab_render import markdown
-    from training.ab_report import ab_report
+    from training.ab.render import markdown
+    from training.ab.report import ab_report
 
     report, written = ab_report(
         Path(args.outcomes),

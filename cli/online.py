@@ -31,8 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from training.retrain import progress_to_stderr, run_command
-    from training.retrain_config import load_retrain_config
+    from training.retrain.config import load_retrain_config
+    from training.retrain.run import progress_to_stderr, run_command
     from training.schedule import interrupt_on_signals, parse_schedule, run_schedule
 
     if args.max_runs is not None and (args.schedule is None or args.max_runs < 1):
@@ -42,7 +42,7 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.cleanup:
         if schedule is not None:
             raise ValueError("--cleanup: runs once, not with --schedule")
-        from training.retrain import cleanup_command
+        from training.retrain.run import cleanup_command
 
         return cleanup_command(config)
     with progress_to_stderr():

@@ -33,8 +33,8 @@ from tests.serving.conftest import AB_FILE, free_port
 from training.build_log import MANIFEST, PART, BuildConfig, Source, build_log
 from training.data import encode_log, read_log
 from training.log_inputs import parse_event
-from training.retrain import run_once
-from training.retrain_config import ENV_KEYS, load_retrain_config
+from training.retrain.config import ENV_KEYS, load_retrain_config
+from training.retrain.run import run_once
 from training.tune import onnx_predict
 
 WORLD_ARGS = ["--users", str(TINY.users), "--items", str(TINY.items), "--authors",

@@ -13,7 +13,7 @@ import yaml
 
 from cli.main import main
 from training.config import TrainConfig, load_config
-from training.retrain_config import load_retrain_config
+from training.retrain.config import load_retrain_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,9 @@ import torch
 
 from cli.main import main
 from training.config import ConfigError, load_config
-from training.kuairand import NOTE_MEANINGS, SPEC_FILE, ImportReport, explain_note, import_kuairand
+from training.datasets.kuairand.columns import SPEC_FILE
+from training.datasets.kuairand.importer import import_kuairand
+from training.datasets.kuairand.report import NOTE_MEANINGS, ImportReport, explain_note
 
 from .conftest import tiny_overrides
 from .test_offline import synthetic_kuairand

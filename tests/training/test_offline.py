@@ -16,14 +16,20 @@ from cli.main import main
 from ranker.features import FeatureEncoder
 from ranker.registry import load_manifest
 from ranker.scoring import DEFAULT_FORMULA, ScoreFormula, score
+from tests.training.datasets.test_kuairand import (
+    LOG_HEADER,
+    USER_HEADER,
+    VIDEO_HEADER,
+    log_row,
+    write_csv,
+)
 from training.config import load_config
 from training.data import MS_PER_DAY, encode_table, read_log
+from training.datasets.kuairand.columns import SPEC_FILE
+from training.datasets.kuairand.importer import import_kuairand
 from training.export import export_run
-from training.kuairand import SPEC_FILE, import_kuairand
 from training.offline import OfflineModel, evaluate_log, score_log
 from training.trainer import BEST, Trainer, load_best, prepare_data
-
-from .test_kuairand import LOG_HEADER, USER_HEADER, VIDEO_HEADER, log_row, write_csv
 
 TASKS = ["click", "watch_time", "completion"]
 

@@ -31,13 +31,13 @@ from sim.simulate import SimulatorConfig, simulate
 from tests.conftest import REDIS_URL
 from training.config import ConfigError
 from training.data import EncodedData
-from training.lock import FileLock, LockedError, LockLostError, RedisLock
-from training.retrain import EXIT_LOCKED, EXIT_UNREFERENCED, open_lock, open_store, run_once
-from training.retrain_config import ENV_KEYS, RetrainConfig, load_retrain_config
+from training.retrain.config import ENV_KEYS, RetrainConfig, load_retrain_config
+from training.retrain.lock import FileLock, LockedError, LockLostError, RedisLock
+from training.retrain.run import EXIT_LOCKED, EXIT_UNREFERENCED, open_lock, open_store, run_once
 from training.schedule import run_schedule
 from training.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 SIM = SimulatorConfig(users=200, items=600, authors=60, days=5, requests_per_day=80, oracle=True)
 TINY_TRAIN: dict[str, Any] = {
@@ -347,7 +347,7 @@ def test_sigkill_mid_training_leaves_everything_and_the_lock_frees(
 # argv[2] a file it writes on arriving, the rest the `ranker` command line.
 STOPS_AT = """
 import pathlib, sys, time
-import ranker.registry, training.retrain
+import ranker.registry, training.retrain.run
 stage, ready = sys.argv[1], pathlib.Path(sys.argv[2])
 def stop(*args, **kwargs):
     ready.write_text(stage)
@@ -360,7 +360,7 @@ def write_model_then_stop(path, data):
 if stage == "export":  # inside the registry publish: the .tmp-* directory holds model.onnx
     ranker.registry._write_synced = write_model_then_stop
 else:  # published, the experiment config not yet saved
-    training.retrain.rolled_out = stop
+    training.retrain.run.rolled_out = stop
 from cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -718,7 +718,7 @@ def test_file_lock_of_a_killed_process_frees_at_once(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom training.lock import FileLock\n"
+            "import sys, time\nfrom training.retrain.lock import FileLock\n"
             "FileLock(sys.argv[1], ttl_s=60).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
             str(path),
         ],

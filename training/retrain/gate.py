@@ -1,5 +1,5 @@
 """The publish gate: a retrained candidate vs the production model on the same held-out day, with
-intervals from a paired bootstrap over requests (training.paired_bootstrap).
+intervals from a paired bootstrap over requests (training.retrain.paired_bootstrap).
 
 A point estimate on one day decides on noise: a candidate that differs from production only by
 chance wins half the time. So each gated metric's change is given a two-sided `confidence`
@@ -24,7 +24,7 @@ import numpy as np
 
 from training.config import ConfigError
 from training.evaluate import higher_is_better, lookup
-from training.paired_bootstrap import Replicates
+from training.retrain.paired_bootstrap import Replicates
 
 Metrics = Mapping[str, Mapping[str, float]]
 
@@ -197,7 +197,7 @@ def decide(
     intervals: Mapping[str, Replicates] | None = None,
 ) -> Decision:
     """Publish or keep production, with the reason in one line. `intervals` (from
-    training.paired_bootstrap over the gate's metrics) is required with a production model."""
+    training.retrain.paired_bootstrap over the gate's metrics) is required with a production model."""
     if production is not None and intervals is None:
         raise ValueError("the gate compares with production only through bootstrap intervals")
     keys = gate.keys()

@@ -16,9 +16,9 @@ import redis
 from cli.main import main
 from ranker.experiments import ExperimentConfig
 from tests.serving.conftest import AB_FILE
-from training.ab_inputs import redis_lines
-from training.ab_report import ab_report
-from training.ab_stats import chi2_sf, ratio, relative_lift, srm_test
+from training.ab.inputs import redis_lines
+from training.ab.report import ab_report
+from training.ab.stats import chi2_sf, ratio, relative_lift, srm_test
 
 CONFIG = ExperimentConfig.parse(AB_FILE.read_bytes())  # layer `weights`: control | watch_heavy
 

@@ -14,13 +14,11 @@ import pytest
 
 from ranker.features import FeatureEncoder
 from ranker.schema import FeatureSpec
+from training.datasets.kuairand.columns import OUTPUT_SCHEMA
+from training.datasets.kuairand.convert import request_ids
+from training.datasets.kuairand.importer import import_kuairand
+from training.datasets.kuairand.report import ImportReport
 from training.errors import DataError
-from training.kuairand import (
-    OUTPUT_SCHEMA,
-    ImportReport,
-    import_kuairand,
-    request_ids,
-)
 
 LOG_HEADER = [
     "user_id",

@@ -1,4 +1,4 @@
-"""Write an A/B report document (`training.ab_report.analyze`) as report.json, report.md, lift.png."""
+"""Write an A/B report document (`training.ab.report.analyze`) as report.json, report.md, lift.png."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import pytest
 
 from training.data import EncodedData
 from training.evaluate import evaluate_predictions, lookup
-from training.gate import GATE_METRICS, GateConfig, decide
-from training.paired_bootstrap import paired_bootstrap, resample_counts
+from training.retrain.gate import GATE_METRICS, GateConfig, decide
+from training.retrain.paired_bootstrap import paired_bootstrap, resample_counts
 
 ALL = [
     "score",

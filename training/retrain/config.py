@@ -16,7 +16,7 @@ import yaml
 
 from ranker.registry import RegistryError, list_versions
 from training.config import ConfigError, TrainConfig, apply_overrides, build, plain, validate
-from training.gate import GateConfig
+from training.retrain.gate import GateConfig
 
 # The service's variable names, so one environment configures both (read after the YAML file,
 # before command-line overrides).

@@ -9,9 +9,9 @@ The variant of a row is the record's variant in the analysed layer ("-": in no v
 
 Nothing is dropped silently: impressions without an outcome, outcomes without an impression,
 duplicate keys (the first is kept) and variant labels that disagree are counted in the report.
-Reading and validation are in `training.ab_inputs`; the statistics (delta method clustered by
-user, SRM chi-square) in `training.ab_stats`; report.md, report.json and lift.png in
-`training.ab_render`.
+Reading and validation are in `training.ab.inputs`; the statistics (delta method clustered by
+user, SRM chi-square) in `training.ab.stats`; report.md, report.json and lift.png in
+`training.ab.render`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ranker.experiments import ExperimentConfig, ExperimentError
-from training.ab_inputs import (
+from training.ab.inputs import (
     NO_VARIANT,
     Impressions,
     Outcomes,
@@ -33,8 +33,8 @@ from training.ab_inputs import (
     read_outcomes,
     redis_lines,
 )
-from training.ab_render import write_report
-from training.ab_stats import SRM_ALPHA, Estimate, ratio, relative_lift, srm_test
+from training.ab.render import write_report
+from training.ab.stats import SRM_ALPHA, Estimate, ratio, relative_lift, srm_test
 from training.errors import DataError
 
 # name -> (numerator, denominator) of per-user sums; every metric is a ratio of two of them.

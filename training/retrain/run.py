@@ -5,7 +5,7 @@ One run, under a lock (Redis or a lock file) so two never overlap:
     (all but the newest two days train, the day before the newest validates)
     -> score the candidate (PyTorch) and the production model (its published ONNX, through ONNX
     Runtime, exactly as served) on the newest day with the same metrics
-    -> gate (training.gate) -> publish: export (atomic) and then, last, the experiment config
+    -> gate (training.retrain.gate) -> publish: export (atomic) and then, last, the experiment config
     (replace the default arm, or a treatment layer taking `share` of the buckets), saved with a
     stale-version check -> report (JSON + markdown) in report_dir/<run id>/.
 A failed or killed run leaves registry and config as they were: nothing is written to either
@@ -43,12 +43,12 @@ from ranker.schema import FeatureSpec
 from ranker.scoring import DEFAULT_FORMULA
 from training.config import ConfigError
 from training.data import EncodedData, encode_log, read_log
-from training.gate import Decision, decide
-from training.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
-from training.paired_bootstrap import Replicates, paired_bootstrap
-from training.retrain_cleanup import begin_publish, cleanup, end_publish
-from training.retrain_config import RetrainConfig, RolloutConfig, candidate_config
-from training.retrain_report import Outcome, render, write_report
+from training.retrain.cleanup import begin_publish, cleanup, end_publish
+from training.retrain.config import RetrainConfig, RolloutConfig, candidate_config
+from training.retrain.gate import Decision, decide
+from training.retrain.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
+from training.retrain.paired_bootstrap import Replicates, paired_bootstrap
+from training.retrain.report import Outcome, render, write_report
 
 log = logging.getLogger("ranker.retrain")
 

@@ -1,0 +1,1 @@
+"""A/B analysis of served traffic: read the inputs, compute the statistics, render the report."""

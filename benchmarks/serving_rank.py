@@ -43,7 +43,7 @@ import yaml
 from benchmarks.report import machine, write_section
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import build_model
-from ranker.registry import publish
+from ranker.registry import Publication, publish
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
 from sim.simulate import SimulatorConfig, simulate
@@ -77,20 +77,22 @@ def build_registry(tmp: Path) -> tuple[Path, pa.Table, Any]:
         tmp / "models",
         "ranker",
         to_onnx(model, example, 18),
-        feature_spec=spec.to_dict(),
-        tasks=[t.to_dict() for t in model.tasks],
-        inputs={
-            "user": [n for n in model.input_names if n.startswith("user_")],
-            "item": [n for n in model.input_names if n.startswith("item_")],
-        },
-        outputs=list(model.task_names),
-        opset=18,
-        data_window={"train": [], "valid": [], "test": []},
-        metrics={},
-        parent=None,
-        model_kind="mmoe",
-        hparams=model.hparams(),
-        exporter={"name": "benchmark"},
+        Publication(
+            feature_spec=spec.to_dict(),
+            tasks=[t.to_dict() for t in model.tasks],
+            inputs={
+                "user": [n for n in model.input_names if n.startswith("user_")],
+                "item": [n for n in model.input_names if n.startswith("item_")],
+            },
+            outputs=list(model.task_names),
+            opset=18,
+            data_window={"train": [], "valid": [], "test": []},
+            metrics={},
+            parent=None,
+            model_kind="mmoe",
+            hparams=model.hparams(),
+            exporter={"name": "benchmark"},
+        ),
     )
     version_dir = tmp / "models" / "ranker" / manifest.version
     torch.save(model.state_dict(), version_dir / "state.pt")

@@ -268,22 +268,51 @@ def _copy_model(source: bytes | str | Path, target: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What a publisher says about a model; the registry adds name, version, time and sha256.
+
+    The fields are the Manifest's own (see there for each one's meaning and shape).
+    """
+
+    feature_spec: Mapping[str, Any]
+    tasks: Sequence[Mapping[str, str]]
+    inputs: Mapping[str, Sequence[str]]
+    outputs: Sequence[str]
+    opset: int
+    data_window: Mapping[str, Sequence[str]]
+    metrics: Mapping[str, Any]
+    parent: str | None
+    model_kind: str
+    hparams: Mapping[str, Any]
+    exporter: Mapping[str, Any]
+
+    def manifest(self, name: str, version: str, sha256: str) -> Manifest:
+        return Manifest(
+            name=name,
+            version=version,
+            created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            sha256=sha256,
+            feature_spec=dict(self.feature_spec),
+            tasks=tuple(dict(t) for t in self.tasks),
+            inputs={k: list(v) for k, v in self.inputs.items()},
+            outputs=tuple(self.outputs),
+            opset=self.opset,
+            data_window={k: list(v) for k, v in self.data_window.items()},
+            metrics=dict(self.metrics),
+            parent=self.parent,
+            model_kind=self.model_kind,
+            hparams=dict(self.hparams),
+            exporter=dict(self.exporter),
+        )
+
+
 def publish(
     root: str | Path,
     name: str,
     model: bytes | str | Path,
+    publication: Publication,
     *,
-    feature_spec: Mapping[str, Any],
-    tasks: Sequence[Mapping[str, str]],
-    inputs: Mapping[str, Sequence[str]],
-    outputs: Sequence[str],
-    opset: int,
-    data_window: Mapping[str, Sequence[str]],
-    metrics: Mapping[str, Any],
-    parent: str | None,
-    model_kind: str,
-    hparams: Mapping[str, Any],
-    exporter: Mapping[str, Any],
     max_attempts: int = 100,
 ) -> Manifest:
     """Publish an ONNX model (bytes or a file) as the next version of `name`; atomic.
@@ -305,25 +334,9 @@ def publish(
         for _ in range(max_attempts):
             existing = [_version_number(v) or 0 for v in list_versions(root, name)]
             number = max([number, *existing]) + 1
-            manifest = Manifest(
-                name=name,
-                version=f"v{number:04d}",
-                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                sha256=sha,
-                feature_spec=dict(feature_spec),
-                tasks=tuple(dict(t) for t in tasks),
-                inputs={k: list(v) for k, v in inputs.items()},
-                outputs=tuple(outputs),
-                opset=opset,
-                data_window={k: list(v) for k, v in data_window.items()},
-                metrics=dict(metrics),
-                parent=parent,
-                model_kind=model_kind,
-                hparams=dict(hparams),
-                exporter=dict(exporter),
-            )
+            manifest = publication.manifest(name, f"v{number:04d}", sha)
             _write_synced(tmp / MANIFEST_FILE, manifest.to_json().encode())
-            card = render_card(manifest.to_dict(), _parent_doc(root, name, parent))
+            card = render_card(manifest.to_dict(), _parent_doc(root, name, publication.parent))
             _write_synced(tmp / CARD_FILE, card.encode())
             _fsync_dir(tmp)
             target = folder / manifest.version

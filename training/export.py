@@ -26,7 +26,7 @@ from ranker.features import FeatureEncoder
 from ranker.model_card import CARD_FILE
 from ranker.models import MultiTaskModel
 from ranker.onnx_model import OnnxModel, OnnxModelError
-from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, publish
+from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, Publication, publish
 from ranker.schema import FeatureSpec
 from training.data import EncodedData, encode_table, read_log
 from training.trainer import BEST, load_best
@@ -89,10 +89,7 @@ def export_run(
     parity = check_parity(model_bytes, model, rows, tolerance)
     encoder = FeatureEncoder(spec)
     hparams = model.hparams()
-    manifest = publish(
-        registry_root,
-        name,
-        model_bytes,
+    publication = Publication(
         feature_spec=spec.to_dict(),
         tasks=hparams["tasks"],
         inputs={g: encoder.input_names(g) for g in ("user", "item")},
@@ -117,6 +114,7 @@ def export_run(
             **parity,
         },
     )
+    manifest = publish(registry_root, name, model_bytes, publication)
     if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
         from training.tracking import log_export
 

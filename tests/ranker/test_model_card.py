@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ranker.model_card import CARD_FILE, render_card
-from ranker.registry import load_manifest, publish
+from ranker.registry import Publication, load_manifest, publish
 from tests.ranker.test_registry import MODEL, fields
 
 VALID = {
@@ -28,7 +28,7 @@ def _card(root: Path, version: str) -> str:
 
 def _publish(root: Path, metrics: dict[str, Any], **changes: Any) -> str:
     doc = fields(metrics={"valid": metrics, "test": None, "best_epoch": 3}, **changes)
-    return publish(root, "ranker", MODEL, **doc).version
+    return publish(root, "ranker", MODEL, Publication(**doc)).version
 
 
 def test_every_version_gets_a_card_with_its_window_metrics_and_oracle(tmp_path: Path) -> None:
@@ -67,8 +67,8 @@ def test_card_compares_with_the_parent_version(tmp_path: Path) -> None:
 
 def test_card_prefers_the_test_split_and_handles_missing_metrics(tmp_path: Path) -> None:
     doc = fields(metrics={"valid": VALID, "test": {"click": {"auc": 0.69}}})
-    card = _card(tmp_path, publish(tmp_path, "ranker", MODEL, **doc).version)
+    card = _card(tmp_path, publish(tmp_path, "ranker", MODEL, Publication(**doc)).version)
     assert "Split: test" in card and "| click | auc | 0.6900 | n/a |" in card
     empty = fields(metrics={"valid": None, "test": None})
-    card = _card(tmp_path, publish(tmp_path, "ranker", MODEL, **empty).version)
+    card = _card(tmp_path, publish(tmp_path, "ranker", MODEL, Publication(**empty)).version)
     assert "The manifest records no offline metrics." in card

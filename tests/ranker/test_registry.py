@@ -11,6 +11,7 @@ import pytest
 import ranker.registry as registry
 from ranker.registry import (
     Manifest,
+    Publication,
     RegistryError,
     latest_version,
     list_versions,
@@ -47,8 +48,8 @@ def fields(**changes: Any) -> dict[str, Any]:
 
 
 def test_publish_numbers_versions_and_manifests_round_trip(tmp_path: Path) -> None:
-    first = publish(tmp_path, "ranker", MODEL, **fields())
-    second = publish(tmp_path, "ranker", MODEL + b"!", **fields(parent="v0001"))
+    first = publish(tmp_path, "ranker", MODEL, Publication(**fields()))
+    second = publish(tmp_path, "ranker", MODEL + b"!", Publication(**fields(parent="v0001")))
     assert (first.version, second.version) == ("v0001", "v0002")
     assert list_versions(tmp_path, "ranker") == ["v0001", "v0002"]
     assert latest_version(tmp_path, "ranker") == "v0002"
@@ -71,7 +72,7 @@ def test_publish_numbers_versions_and_manifests_round_trip(tmp_path: Path) -> No
 
 def test_manifest_is_strict_json(tmp_path: Path) -> None:
     """NaN metrics are stored as null: serving's orjson rejects NaN."""
-    manifest = publish(tmp_path, "m", MODEL, **fields())
+    manifest = publish(tmp_path, "m", MODEL, Publication(**fields()))
     text = (tmp_path / "m" / "v0001" / "manifest.json").read_text()
 
     def refuse(token: str) -> None:
@@ -85,13 +86,13 @@ def test_manifest_is_strict_json(tmp_path: Path) -> None:
 def test_publish_from_a_file(tmp_path: Path) -> None:
     source = tmp_path / "exported.onnx"
     source.write_bytes(MODEL * 1000)
-    manifest = publish(tmp_path / "reg", "m", source, **fields())
+    manifest = publish(tmp_path / "reg", "m", source, Publication(**fields()))
     assert verify(tmp_path / "reg" / "m" / manifest.version).sha256 == manifest.sha256
     assert model_path(tmp_path / "reg", "m", "v0001").read_bytes() == MODEL * 1000
 
 
 def test_verify_refuses_a_tampered_model(tmp_path: Path) -> None:
-    manifest = publish(tmp_path, "m", MODEL, **fields())
+    manifest = publish(tmp_path, "m", MODEL, Publication(**fields()))
     model = tmp_path / "m" / "v0001" / "model.onnx"
     data = bytearray(model.read_bytes())
     data[3] ^= 0xFF
@@ -105,7 +106,7 @@ def test_verify_refuses_a_tampered_model(tmp_path: Path) -> None:
 
 
 def test_verify_refuses_missing_or_corrupt_manifest(tmp_path: Path) -> None:
-    publish(tmp_path, "m", MODEL, **fields())
+    publish(tmp_path, "m", MODEL, Publication(**fields()))
     folder = tmp_path / "m" / "v0001"
     manifest = folder / "manifest.json"
     manifest.write_text("{not json")
@@ -122,7 +123,7 @@ def test_verify_refuses_missing_or_corrupt_manifest(tmp_path: Path) -> None:
 
 
 def test_verify_refuses_a_missing_model_and_a_moved_version(tmp_path: Path) -> None:
-    publish(tmp_path, "m", MODEL, **fields())
+    publish(tmp_path, "m", MODEL, Publication(**fields()))
     (tmp_path / "m" / "v0001").rename(tmp_path / "m" / "v0007")
     with pytest.raises(RegistryError, match="for version 'v0001'"):
         verify(tmp_path / "m" / "v0007")
@@ -134,13 +135,13 @@ def test_verify_refuses_a_missing_model_and_a_moved_version(tmp_path: Path) -> N
 
 def test_leftover_temporary_directory_is_not_a_version(tmp_path: Path) -> None:
     """A publish killed before its rename leaves a hidden temp dir that nothing lists."""
-    publish(tmp_path, "m", MODEL, **fields())
+    publish(tmp_path, "m", MODEL, Publication(**fields()))
     killed = tmp_path / "m" / f"{registry.TMP_PREFIX}deadbeef"
     killed.mkdir()
     (killed / "model.onnx").write_bytes(MODEL[:3])
     (tmp_path / "m" / "notes").mkdir()  # nor are other stray entries
     assert list_versions(tmp_path, "m") == ["v0001"]
-    assert publish(tmp_path, "m", MODEL, **fields()).version == "v0002"
+    assert publish(tmp_path, "m", MODEL, Publication(**fields())).version == "v0002"
     assert list_versions(tmp_path, "m") == ["v0001", "v0002"]
 
 
@@ -148,14 +149,14 @@ def test_versions_sort_by_number_and_continue_after_the_highest(tmp_path: Path) 
     for version in ("v0009", "v0010", "v0002"):
         (tmp_path / "m" / version).mkdir(parents=True)
     assert list_versions(tmp_path, "m") == ["v0002", "v0009", "v0010"]
-    assert publish(tmp_path, "m", MODEL, **fields()).version == "v0011"
+    assert publish(tmp_path, "m", MODEL, Publication(**fields())).version == "v0011"
 
 
 def test_a_lost_race_retries_with_the_next_number(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two publishers read the same listing; the second must not overwrite the first's version."""
-    publish(tmp_path, "m", b"first", **fields())
+    publish(tmp_path, "m", b"first", Publication(**fields()))
     real = registry.list_versions
     calls = []
 
@@ -164,7 +165,7 @@ def test_a_lost_race_retries_with_the_next_number(
         return [] if len(calls) == 1 else real(root, name)
 
     monkeypatch.setattr(registry, "list_versions", stale)
-    second = publish(tmp_path, "m", b"second", **fields())
+    second = publish(tmp_path, "m", b"second", Publication(**fields()))
     assert second.version == "v0002"
     assert model_path(tmp_path, "m", "v0001").read_bytes() == b"first"
     assert verify(tmp_path / "m" / "v0002") == second
@@ -187,7 +188,7 @@ def test_a_version_appearing_before_the_rename_is_not_overwritten(
         real(source, target)
 
     monkeypatch.setattr(registry.os, "rename", racing_rename)
-    manifest = publish(tmp_path, "m", MODEL, **fields())
+    manifest = publish(tmp_path, "m", MODEL, Publication(**fields()))
     assert (lost[0].name, manifest.version) == ("v0001", "v0002")
     assert (tmp_path / "m" / "v0001" / "model.onnx").read_bytes() == b"winner"
     assert verify(tmp_path / "m" / "v0002") == manifest
@@ -196,14 +197,14 @@ def test_a_version_appearing_before_the_rename_is_not_overwritten(
 def test_missing_entries_name_the_path(tmp_path: Path) -> None:
     assert list_versions(tmp_path, "m") == []
     assert latest_version(tmp_path, "m") is None
-    publish(tmp_path, "m", MODEL, **fields())
+    publish(tmp_path, "m", MODEL, Publication(**fields()))
     with pytest.raises(
         RegistryError, match=r"v0003.*published versions of 'm': \['v0001'\]"
     ) as info:
         model_path(tmp_path, "m", "v0003")
     assert str(tmp_path / "m" / "v0003" / "model.onnx") in str(info.value)
     with pytest.raises(RegistryError, match="model name"):
-        publish(tmp_path, "../escape", MODEL, **fields())
+        publish(tmp_path, "../escape", MODEL, Publication(**fields()))
 
 
 def test_manifest_rejects_unknown_format_and_keys() -> None:
@@ -221,10 +222,10 @@ PUBLISH_AND_VERIFY = """
 import tempfile
 from ranker import registry
 root = tempfile.mkdtemp()
-manifest = registry.publish(
-    root, "m", b"model", feature_spec={}, tasks=[], inputs={}, outputs=[], opset=18,
+manifest = registry.publish(root, "m", b"model", registry.Publication(
+    feature_spec={}, tasks=[], inputs={}, outputs=[], opset=18,
     data_window={}, metrics={}, parent=None, model_kind="mmoe", hparams={}, exporter={},
-)
+))
 assert registry.verify(registry.model_path(root, "m", "v0001").parent) == manifest
 """
 

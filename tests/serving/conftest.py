@@ -25,7 +25,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ranker.registry import MODEL_FILE, load_manifest, publish
+from ranker.registry import MODEL_FILE, Publication, load_manifest, publish
 from serving.app import create_app
 from serving.service import Service
 from serving.settings import Settings
@@ -83,8 +83,7 @@ def republish(registry: Path, version: str, name: str = "ranker") -> str:
         registry,
         name,
         registry / name / version / MODEL_FILE,
-        parent=version,
-        **{k: doc[k] for k in keep},
+        Publication(parent=version, **{k: doc[k] for k in keep}),
     )
     return new.version
 

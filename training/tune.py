@@ -154,6 +154,26 @@ def top_k_sum(values: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int
     return float(kept.mean()) if len(kept) else math.nan
 
 
+def _thresholds(tuner: Tuner, parsed: Sequence[Constraint]) -> dict[str, float]:
+    """Each constraint's bound; a relative one is a fraction of its task's ranking alone."""
+    thresholds = {}
+    for c in parsed:
+        if c.relative:
+            task = c.metric.split(".")[0]
+            alone = tuner.evaluate(ScoreFormula(weights={task: 1.0}), [c.metric]).values[c.metric]
+            thresholds[str(c)] = c.value * alone
+        else:
+            thresholds[str(c)] = c.value
+    return thresholds
+
+
+def _default_formula(tasks: Sequence[str], fixed: Mapping[str, float]) -> ScoreFormula:
+    """The hand-picked default when the model has its tasks, else the fixed task alone."""
+    if all(t in tasks for t in DEFAULT_FORMULA.weights):
+        return DEFAULT_FORMULA
+    return ScoreFormula(weights=dict(fixed))
+
+
 def tune(
     model_dir: Path,
     data_paths: Sequence[str],
@@ -177,14 +197,7 @@ def tune(
     tuner = Tuner(onnx_predict(model_dir, manifest, data), data)
     names = [objective, *(c.metric for c in parsed)]
 
-    thresholds = {}
-    for c in parsed:
-        if c.relative:
-            task = c.metric.split(".")[0]
-            alone = tuner.evaluate(ScoreFormula(weights={task: 1.0}), [c.metric]).values[c.metric]
-            thresholds[str(c)] = c.value * alone
-        else:
-            thresholds[str(c)] = c.value
+    thresholds = _thresholds(tuner, parsed)
 
     def slack(evaluation: Evaluation) -> list[float]:
         """Constraint violations (<= 0 means satisfied), optuna's convention."""
@@ -209,11 +222,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed)  # reads the constraints each trial sets
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    default = (
-        DEFAULT_FORMULA
-        if all(t in tasks for t in DEFAULT_FORMULA.weights)
-        else ScoreFormula(weights=fixed)
-    )
+    default = _default_formula(tasks, fixed)
     study.enqueue_trial(
         {t: default.weights.get(t, 0.0) / default.weights.get("click", 1.0) for t in free}
     )
@@ -275,14 +284,28 @@ def write_outputs(
     result: TuneResult, out_dir: Path, model_ref: Mapping[str, str]
 ) -> dict[str, Path]:
     """variant.yaml, trials.csv, pareto.csv, pareto.png and summary.json in out_dir."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
     second = result.constraints[0].metric if result.constraints else result.objective
+    rows = _trial_rows(result)
+    written = _write_csvs(rows, result.objective, second, out_dir)
+    written["png"] = _plot_pareto(result, rows, second, out_dir / "pareto.png")
+    chosen = result.best or (result.closest[0] if result.closest else None)
+    if chosen is not None:
+        variant = {
+            "name": "tuned",
+            "buckets": [0, 1000],
+            "model": dict(model_ref),
+            "score": chosen.to_dict(),
+        }
+        written["variant"] = out_dir / "variant.yaml"
+        written["variant"].write_text(yaml.safe_dump(variant, sort_keys=False))
+    written["summary"] = out_dir / "summary.json"
+    written["summary"].write_text(json.dumps(_summary(result), indent=2))
+    return written
+
+
+def _trial_rows(result: TuneResult) -> list[dict[str, Any]]:
+    """One row per trial: its weights, metric values, feasibility (and oracle watch time)."""
     rows = []
     for formula, evaluation, ok in result.trials:
         row: dict[str, Any] = {f"w_{t}": w for t, w in formula.weights.items()}
@@ -291,12 +314,20 @@ def write_outputs(
         if evaluation.expected_watch_time is not None:
             row["expected_watch_time_top10"] = evaluation.expected_watch_time
         rows.append(row)
+    return rows
+
+
+def _write_csvs(
+    rows: list[dict[str, Any]], objective: str, second: str, out_dir: Path
+) -> dict[str, Path]:
+    """trials.csv (every trial) and pareto.csv (the non-dominated ones)."""
+    written: dict[str, Path] = {}
     fields = list(dict.fromkeys(k for row in rows for k in row))
     for name, subset in (
         ("trials", rows),
         (
             "pareto",
-            [rows[i] for i in pareto_front([(r[result.objective], r[second]) for r in rows])],
+            [rows[i] for i in pareto_front([(r[objective], r[second]) for r in rows])],
         ),
     ):
         path = out_dir / f"{name}.csv"
@@ -305,6 +336,15 @@ def write_outputs(
             writer.writeheader()
             writer.writerows(subset)
         written[name] = path
+    return written
+
+
+def _plot_pareto(result: TuneResult, rows: list[dict[str, Any]], second: str, path: Path) -> Path:
+    """Objective vs the first constraint's metric: trials, front, default, tuned, threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     xs = [r[second] for r in rows]
@@ -342,21 +382,13 @@ def write_outputs(
     ax.set_ylabel(result.objective)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    written["png"] = out_dir / "pareto.png"
-    fig.savefig(written["png"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
-    chosen = result.best or (result.closest[0] if result.closest else None)
-    if chosen is not None:
-        variant = {
-            "name": "tuned",
-            "buckets": [0, 1000],
-            "model": dict(model_ref),
-            "score": chosen.to_dict(),
-        }
-        written["variant"] = out_dir / "variant.yaml"
-        written["variant"].write_text(yaml.safe_dump(variant, sort_keys=False))
-    summary = {
+
+def _summary(result: TuneResult) -> dict[str, Any]:
+    return {
         "objective": result.objective,
         "constraints": [str(c) for c in result.constraints],
         "thresholds": result.thresholds,
@@ -376,9 +408,6 @@ def write_outputs(
         ),
         "trials": len(result.trials),
     }
-    written["summary"] = out_dir / "summary.json"
-    written["summary"].write_text(json.dumps(summary, indent=2))
-    return written
 
 
 def render(result: TuneResult) -> str:

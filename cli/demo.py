@@ -223,9 +223,34 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
     if _demo_service_pid(workdir) is not None:  # it serves the registry this run rewrites
         print("a service from an earlier demo is running here: stopping it first")
         stop_service(workdir)
-    data_dir, run_dir, registry = workdir / "data", workdir / "run", workdir / "models"
     sim_config, train_overrides, trials, ab_requests = demo_sizes(quick)
+    registry, experiments = build_model(workdir, sim_config, train_overrides, trials, quick)
 
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    _step(f"start the service on {url} (ONNX Runtime, file experiment store, no Redis)")
+    service = start_service(workdir, registry, experiments, port)
+    try:
+        ab_test(workdir, url, sim_config, ab_requests, experiments)
+    except BaseException:
+        service.terminate()
+        (workdir / "serve.pid").unlink(missing_ok=True)
+        raise
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    leave_service(workdir, service, url, stop=stop or quick)
+    return 0
+
+
+def build_model(
+    workdir: Path,
+    sim_config: SimulatorConfig,
+    train_overrides: list[str],
+    trials: int,
+    quick: bool,
+) -> tuple[Path, Path]:
+    """Simulate, validate, train, export, tune and write the A/B experiment config: the registry
+    and the experiment config the service will serve."""
+    data_dir, run_dir, registry = workdir / "data", workdir / "run", workdir / "models"
     _step(f"simulate impression logs -> {data_dir}")
     sim = simulate(sim_config, data_dir, progress=not quick)
     print(
@@ -273,39 +298,40 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
     experiments.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"\nexperiment config (control = hand-picked weights, tuned = treatment): {experiments}")
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    _step(f"start the service on {url} (ONNX Runtime, file experiment store, no Redis)")
-    service = start_service(workdir, registry, experiments, port)
-    try:
-        world = World(sim_config)
-        _step(
-            f"simulated A/B test: {ab_requests} requests from simulated users, outcomes from the ground truth"
-        )
-        traffic = run_traffic(
-            world,
-            TrafficConfig(
-                url=url, out=workdir / "traffic", requests=ab_requests, seconds=300, concurrency=4
-            ),
-        )
-        print("\n".join(traffic.lines()[: 3 + len(traffic.requests_by_variant)]))
-        report, files = ab_report(
-            workdir / "traffic" / "outcomes.jsonl",
-            workdir / "ab",
-            impressions=workdir / "serving" / "impressions.jsonl",
-            experiments=experiments,
-        )
-        print(markdown(report))
-        print(f"A/B report: {files['markdown']}, {files['png']}")
+    return registry, experiments
 
-        _step("rank a few requests")
-        show_rankings(url, world)
-    except BaseException:
-        service.terminate()
-        (workdir / "serve.pid").unlink(missing_ok=True)
-        raise
-    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
-    if stop or quick:
+
+def ab_test(
+    workdir: Path, url: str, sim_config: SimulatorConfig, requests: int, experiments: Path
+) -> None:
+    """Simulated users' requests against the running service, the A/B report, a few rankings."""
+    world = World(sim_config)
+    _step(
+        f"simulated A/B test: {requests} requests from simulated users, outcomes from the ground truth"
+    )
+    traffic = run_traffic(
+        world,
+        TrafficConfig(
+            url=url, out=workdir / "traffic", requests=requests, seconds=300, concurrency=4
+        ),
+    )
+    print("\n".join(traffic.lines()[: 3 + len(traffic.requests_by_variant)]))
+    report, files = ab_report(
+        workdir / "traffic" / "outcomes.jsonl",
+        workdir / "ab",
+        impressions=workdir / "serving" / "impressions.jsonl",
+        experiments=experiments,
+    )
+    print(markdown(report))
+    print(f"A/B report: {files['markdown']}, {files['png']}")
+
+    _step("rank a few requests")
+    show_rankings(url, world)
+
+
+def leave_service(workdir: Path, service: subprocess.Popen[bytes], url: str, *, stop: bool) -> None:
+    """Stop the demo's service, or say how to reach and stop the one left running."""
+    if stop:
         service.terminate()
         service.wait(timeout=30)
         (workdir / "serve.pid").unlink(missing_ok=True)
@@ -321,4 +347,3 @@ def run_demo(workdir: Path, *, quick: bool = False, stop: bool = False) -> int:
         print(
             f"  stop it   ranker demo --stop{stop_flag}   (or kill $(cat {workdir / 'serve.pid'}))"
         )
-    return 0

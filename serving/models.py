@@ -21,6 +21,7 @@ from ranker.experiments import ModelRef
 from ranker.features import FeatureEncoder
 from ranker.registry import MODEL_FILE, Manifest, RegistryError, model_path, verify
 from ranker.schema import FeatureSpec, SpecError
+from serving.binding import run_bound
 from serving.settings import CPU, CUDA, Settings
 
 log = logging.getLogger("ranker.serving.models")
@@ -70,23 +71,14 @@ class LoadedModel:
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run; task -> predictions [N] in natural units, in the manifest's task order."""
         if self.provider == CUDA:
-            outputs = self._run_bound(feeds)
+            # Inputs to the GPU once, outputs back in one copy (serving/binding.py; the same
+            # function runs bound to CPU in the tests).
+            outputs = run_bound(self.session, feeds, self.outputs, "cuda")
         else:
             outputs = self.session.run(self.outputs, dict(feeds))
         return {
             task: np.asarray(out).reshape(-1) for task, out in zip(self.tasks, outputs, strict=True)
         }
-
-    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        # IO binding: inputs go to the GPU once and outputs come back in one copy, instead of
-        # ORT's per-run staging. Untested: no GPU where this was written (docs/serving.md).
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name in self.outputs:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return list(binding.copy_outputs_to_cpu())
 
     def warm(self, counts: Iterable[int]) -> None:
         """Run once per candidate count so allocations and kernels are ready before serving."""

@@ -109,6 +109,10 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
+    if args.quantize:
+        from training.quantize_cli import export_quantized
+
+        return export_quantized(args)
     manifest = export_run(Path(args.run_dir), Path(args.registry), args.name, parent=args.parent)
     print(
         f"exported {args.name} version {manifest.version} to {Path(args.registry) / args.name / manifest.version}"
@@ -374,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--registry", default="models", help="model registry root")
     ex.add_argument("--name", default="ranker", help="model name in the registry")
     ex.add_argument("--parent", help="version this model would replace (recorded in the manifest)")
+    from training import quantize_cli  # light: no numpy or ONNX at import
+
+    quantize_cli.add_arguments(ex)
 
     for name, handler, text in (
         ("score", _score, "score a log with a published model: ids, predictions, ranking score"),

@@ -4,8 +4,9 @@ Training rows built from the log must be what the model saw, not features re-joi
 drift: an item's age, a user's follower count). The record carries the raw values the encoder
 received: user and context once per request, and for the served items one column per item
 feature in served order (position p is index p, as in the record's `positions`). `item_id` is
-left out of the columns: the record's `item_ids` holds it. A feature no candidate carried is
-absent (every item took the spec's default, as a reader of the log does for a missing column).
+left out of the columns: the record's `item_ids` holds it. A feature no candidate gave a value
+(left out or null on every one) is absent: every item took the spec's default, as a reader of the
+log does for a missing column.
 
 Building this costs nothing on the request path: `ServedFeatures` keeps references to the
 columns the encoder already received, and the impression writer thread turns it into JSON

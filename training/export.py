@@ -130,7 +130,7 @@ def held_out_rows(
 ) -> EncodedData:
     """The first `rows` impressions of `days`, encoded with the run's fitted spec."""
     try:
-        log = read_log(list(paths), spec, drop_invalid=drop, oracle=False).filter_days(days)
+        log = read_log(list(paths), spec, drop_invalid=drop, oracle=False, days=days)
     except ValueError as exc:
         raise ExportError(
             f"cannot read held-out rows for the parity check (pass data_paths if the log moved): {exc}"

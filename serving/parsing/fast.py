@@ -7,7 +7,7 @@ numbers where the general path would accept them too:
 
 - `item_id`: an int64 integer or a string;
 - categorical: an int64 integer, a string or null;
-- dense: a number or null;
+- dense: a number (an integer stays one) or null;
 - multi-categorical: a list of int64 integers, or null.
 
 Anything else (a float or boolean category, string tags, an unknown field, malformed JSON) returns
@@ -40,7 +40,8 @@ Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 _FIELD_TYPES: dict[str, Any] = {
     "categorical": Int64 | str | None,
-    "dense": float | None,
+    # int | float: a JSON integer stays an int, as orjson leaves it (2**53 + 1 is exact).
+    "dense": int | float | None,
     "multi_categorical": list[Int64] | None,
 }
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The exact pin matters: this machine's pip resolves it to a local CPU wheel.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow test-gpu lint bench clean
+.PHONY: demo test test-slow test-gpu lint bench bench-gpu clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ $(VENV)/.bench: $(VENV)/.dev
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.run_all
+
+# On a machine with a CUDA device: serving latency, batched throughput, training step (docs/benchmarks.md).
+bench-gpu: $(VENV)/.dev
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf out .pytest_cache

@@ -155,9 +155,8 @@ def main() -> None:
         run = asyncio.run(end_to_end(settings, orjson.dumps(body), args.requests, args.rounds))
         state = run["off_service"].manager.state
         from serving.ranking import rank
-        from serving.validation import parse_request
 
-        parsed = parse_request(orjson.dumps(body), settings.max_candidates, state.decoder)
+        parsed = state.parser.parse(orjson.dumps(body), settings.max_candidates)
         loops = off_path_loops(run["off_service"], rank(state, parsed))
     exports = export_loops()
     med = run["medians"]

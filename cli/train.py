@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cli import quantize  # light: no numpy or ONNX at import
 from cli.command import AddCommand
 
 
@@ -61,6 +62,11 @@ def _compare(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
+    if args.quantize:
+        from cli.quantize import export_quantized
+
+        return export_quantized(args)
+
     manifest = export_run(Path(args.run_dir), Path(args.registry), args.name, parent=args.parent)
     print(
         f"exported {args.name} version {manifest.version} to {Path(args.registry) / args.name / manifest.version}"
@@ -93,3 +99,4 @@ def register(add: AddCommand) -> None:
     ex.add_argument("--registry", default="models", help="model registry root")
     ex.add_argument("--name", default="ranker", help="model name in the registry")
     ex.add_argument("--parent", help="version this model would replace (recorded in the manifest)")
+    quantize.add_arguments(ex)

@@ -83,6 +83,24 @@ def read_verified(version_dir: Path) -> tuple[Manifest, bytes]:
     return manifest, data
 
 
+def run_bound(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    outputs: Sequence[str],
+    device: str = "cpu",
+) -> list[np.ndarray]:
+    """One session run through IO binding, the path the CUDA provider serves on: inputs bound from
+    host memory, `outputs` bound on `device` ("cuda" or "cpu") and copied back in the order asked
+    for. ORT binds CPU memory too, so the tests and CI run this very code without a GPU."""
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(array))
+    for name in outputs:
+        binding.bind_output(name, device)
+    session.run_with_iobinding(binding)
+    return list(binding.copy_outputs_to_cpu())
+
+
 class OnnxModel:
     """An ONNX Runtime session with its output names; runs one batch or many rows in slices."""
 
@@ -129,21 +147,11 @@ class OnnxModel:
         return cls.load(model_path(root, name, version).parent, options)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """One session run: the outputs in `self.outputs` order, as ONNX Runtime returns them."""
+        """One session run: the outputs in `self.outputs` order, as ONNX Runtime returns them.
+        On CUDA through IO binding: inputs to the GPU once, outputs back in one copy each."""
         if self.provider == CUDA:
-            return self._run_bound(feeds)
+            return run_bound(self.session, feeds, self.outputs, "cuda")
         return list(self.session.run(list(self.outputs), dict(feeds)))
-
-    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        # IO binding: inputs go to the GPU once and outputs come back in one copy, instead of
-        # ORT's per-run staging. Untested: no GPU where this was written (docs/serving.md).
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name in self.outputs:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return list(binding.copy_outputs_to_cpu())
 
     def predict_rows(
         self,

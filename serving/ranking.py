@@ -1,4 +1,5 @@
-"""One /rank request against one serving state: assign, encode, one ONNX run, score, sort, cut.
+"""One /rank request against one serving state: assign, build columns, encode, one ONNX run,
+score, sort, cut, and the impression record of what was served.
 
 Pure computation on an immutable state (no I/O), so it runs inline on the event loop: a thread
 hop would cost more than it frees on two cores. Errors are ApiErrors: 422 for input the model's
@@ -7,23 +8,23 @@ feature spec refuses, 503 when the model itself fails (the caller keeps serving)
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ranker.experiments import Assignment
 from ranker.schema import SpecError
 from ranker.scoring import ScoreError, rank_order, score
+from serving.columns import item_columns, user_columns
 from serving.errors import ApiError, bad_request, split_field
+from serving.impressions import now_ms
 from serving.models import LoadedModel
+from serving.parsing import RankRequest
+from serving.served_features import ServedFeatures
 from serving.state import ServingState
-from serving.validation import RankRequest, item_columns, user_columns
 
 log = logging.getLogger("ranker.serving.ranking")
 
@@ -41,19 +42,19 @@ class RankResult:
     # perf_counter at the ONNX call's start (the tracer's `ort` span; serving.tracing).
     onnx_started: float
     item_ids: list[Any]  # of the returned items, best first
-    # Item feature columns as the encoder got them (request order), for feature logging.
-    item_columns: dict[str, Any]
+    # The impression record: numpy arrays (and the served features) are serialised later, by
+    # the impression writer thread, after the response is sent.
+    impression: dict[str, Any]
 
 
-def rank(state: ServingState, request: RankRequest) -> RankResult:
+def rank(state: ServingState, request: RankRequest, log_features: bool = False) -> RankResult:
     assignment = state.config.assign(request.user_id)
     model = state.models[assignment.model]
     users = user_columns(request, model.kinds)
     items = item_columns(request, model.kinds)
-    n = len(request.candidates)
     try:
         feeds = model.encoder.encode_group("user", users, 1)
-        feeds.update(model.encoder.encode_group("item", items, n))
+        feeds.update(model.encoder.encode_group("item", items, request.size))
     except SpecError as exc:  # a value the type checks let through but the encoder refuses
         field, message = split_field(str(exc), "candidates")
         raise bad_request(field, message) from None
@@ -77,21 +78,41 @@ def rank(state: ServingState, request: RankRequest) -> RankResult:
     order = rank_order(scores)
     if request.top_k is not None:
         order = order[: request.top_k]
+    ids = request.item_ids
+    item_ids = [ids[i] for i in order.tolist()]
+    scores = scores[order]
+    predictions = {task: values[order] for task, values in predictions.items()}
+    record = {
+        "request_id": request.request_id,
+        "user_id": request.user_id,
+        "ts": now_ms(),
+        "model": model.ref.name,
+        "model_version": model.ref.version,
+        "variant": assignment.label,
+        "layers": experiment_doc(assignment)["layers"],
+        "item_ids": item_ids,
+        "scores": scores,
+        "predictions": predictions,
+    }
+    if log_features:
+        record["positions"] = np.arange(len(item_ids))
+        record["features"] = ServedFeatures(request.user, request.context, items, order)
     return RankResult(
         request=request,
         assignment=assignment,
         model=model,
         order=order,
-        scores=scores[order],
-        predictions={task: values[order] for task, values in predictions.items()},
+        scores=scores,
+        predictions=predictions,
         onnx_seconds=onnx_seconds,
         onnx_started=started,
-        item_ids=[request.item_ids[i] for i in order.tolist()],
-        item_columns=items,
+        item_ids=item_ids,
+        impression=record,
     )
 
 
 def experiment_doc(assignment: Assignment) -> dict[str, Any]:
+    """The response's `experiment` (and the record's `layers`): the layers the user landed in."""
     return {
         "label": assignment.label,
         "layers": [
@@ -99,61 +120,3 @@ def experiment_doc(assignment: Assignment) -> dict[str, Any]:
             for layer, bucket, variant in assignment.layers
         ],
     }
-
-
-def render(result: RankResult) -> bytes:
-    """The response body: items best first with score and per-task predictions."""
-    head = orjson.dumps(
-        {
-            "request_id": result.request.request_id,
-            "model_version": str(result.model.ref),
-            "experiment": experiment_doc(result.assignment),
-            "items": [],
-        }
-    )
-    items = render_items(result.item_ids, result.scores, result.predictions, result.model.tasks)
-    return head[: -len(b"]}")] + items + b"]}"
-
-
-def render_items(
-    item_ids: list[Any],
-    scores: np.ndarray,
-    predictions: dict[str, np.ndarray],
-    tasks: tuple[str, ...],
-) -> bytes:
-    """The comma-separated item objects `{"item_id", "score", "predictions": {task: value}}`.
-
-    Byte-spliced rather than built as one dict per item: each numeric column is serialised as a
-    whole array, split into its numbers, and interleaved with the constant key text, all in C.
-    This runs right after the ONNX call, when the caches are cold, where it takes about half the
-    time of dicts + orjson. Floats print as orjson prints them (float32 predictions in their
-    shortest float32 form), so the result is the JSON of the dict form (tested).
-    """
-    columns = [_json_ids(item_ids), _json_numbers(scores)]
-    columns += [_json_numbers(predictions[task]) for task in tasks]
-    pieces = _item_templates(tuple(tasks))
-    interleaved = itertools.chain.from_iterable(
-        zip(map(itertools.repeat, pieces), columns, strict=True)
-    )
-    return b",".join(map(b"".join, zip(*interleaved, itertools.repeat(b"}}"))))
-
-
-def _json_numbers(values: np.ndarray) -> list[bytes]:
-    # orjson writes NaN/inf as null, as it does for Python floats; numbers contain no commas.
-    text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
-    return text[1:-1].split(b",") if len(values) else []
-
-
-def _json_ids(ids: list[Any]) -> list[bytes]:
-    if set(map(type, ids)) == {int}:
-        return orjson.dumps(ids)[1:-1].split(b",")
-    return list(map(orjson.dumps, ids))  # a string may hold a comma
-
-
-@functools.lru_cache(maxsize=64)
-def _item_templates(tasks: tuple[str, ...]) -> tuple[bytes, ...]:
-    """The constant text before each column: item id, score, then one per task."""
-    keys = [orjson.dumps(task) for task in tasks]
-    pieces = [b'{"item_id":', b',"score":']
-    pieces += [(b',"predictions":{' if j == 0 else b",") + key + b":" for j, key in enumerate(keys)]
-    return tuple(pieces)

@@ -1,8 +1,8 @@
-"""Request and response shapes for the OpenAPI docs only.
+"""Response, error and experiment-config shapes for the OpenAPI docs only.
 
-The handlers do not validate with these models: /rank parses with orjson and checks columns
-against the model's feature spec (serving/validation.py), which is several times cheaper at 500
-candidates and names the failing field the same way.
+The handlers build their answers as bytes and never validate with these models. The /rank
+request's schema is written beside its parser's limits (serving/openapi.py): serving/parsing
+holds the one request contract.
 """
 
 from __future__ import annotations
@@ -10,45 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-Scalar = str | int | float | bool | None
-FeatureValue = Scalar | list[str | int | float | bool]
-
-
-class User(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    user_id: str | int = Field(description="bucketing id; also a feature when the spec names it")
-
-
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    item_id: str | int = Field(description="unique within the request")
-
-
-class RankRequest(BaseModel):
-    """Features sit beside the ids: `{"item_id": 7, "category": 3, "tags": [1, 2]}`. A feature
-    left out (or null) takes the spec's default; a name the spec lacks is refused."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "example": {
-                "request_id": "r-1",
-                "user": {"user_id": 42, "device": "ios"},
-                "context": {"hour": 20, "tab": 1},
-                "candidates": [
-                    {"item_id": 7, "category": 3, "tags": [1, 2], "duration": 31.5},
-                    {"item_id": 9, "category": 5, "tags": [], "duration": 12.0},
-                ],
-                "top_k": 10,
-            }
-        },
-    )
-    request_id: str = Field(min_length=1, max_length=256)
-    user: User
-    context: dict[str, FeatureValue] | None = None
-    candidates: list[Candidate] = Field(min_length=1, description="at most RANKER_MAX_CANDIDATES")
-    top_k: int | None = Field(default=None, ge=1)
 
 
 class RankedItem(BaseModel):

@@ -13,14 +13,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ranker.experiment_store import ExperimentStore, StoreError, model_fields
 from ranker.experiments import ExperimentConfig, ExperimentError, ModelRef
-from serving.decoding import RequestDecoder
 from serving.errors import split_field
 from serving.models import LoadedModel, ModelError, ModelPool
+from serving.parsing import RequestParser
 
 log = logging.getLogger("ranker.serving.state")
 
@@ -40,18 +40,12 @@ class ServingState:
     models: Mapping[ModelRef, LoadedModel]
     # time.time() when this state started serving.
     since: float = field(default_factory=time.time)
-    # The typed /rank decoder when every model takes the same item features, else None.
-    decoder: RequestDecoder | None = field(init=False, repr=False, compare=False)
+    # The /rank parser for the item features these models take.
+    parser: RequestParser = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "decoder", typed_decoder(self.models.values()))
-
-
-def typed_decoder(models: Iterable[LoadedModel]) -> RequestDecoder | None:
-    """One decoder for the item features all models share; None when they differ (a variant
-    testing a new item feature), and every request takes the general path."""
-    kinds = {tuple(m.kinds.item.items()) for m in models}
-    return RequestDecoder(dict(kinds.pop())) if len(kinds) == 1 else None
+        parser = RequestParser(m.kinds.item for m in self.models.values())
+        object.__setattr__(self, "parser", parser)
 
 
 @dataclass

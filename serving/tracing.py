@@ -29,12 +29,12 @@ except ImportError:  # the `otel` extra is optional
     trace = None  # type: ignore[assignment]
 
 from serving import logs
-from serving.api import after_response
 from serving.deps import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.logs import REQUEST_ID
-from serving.ranking import rank, render
-from serving.validation import parse_request
+from serving.ranking import rank
+from serving.response import render
+from serving.routes.rank import after_response
 
 TRACER_NAME = "ranker.serving"
 # Child spans of a ranked request, each from one stamp to the next.
@@ -62,7 +62,7 @@ class RankTracer:
         self.tracer = tracer
 
     async def handle(self, request: Request) -> Response:
-        """POST /rank with stage stamps (serving.api.rank_endpoint, step for step)."""
+        """POST /rank with stage stamps (serving.routes.rank.rank_endpoint, step for step)."""
         clock = time.perf_counter
         started = clock()
         service = request.app.state.service
@@ -76,11 +76,11 @@ class RankTracer:
             state = service.manager.state
             if state is None:
                 raise ApiError(503, None, f"not ready: {service.manager.not_ready_reason}")
-            parsed = parse_request(body, settings.max_candidates, state.decoder)
+            parsed = state.parser.parse(body, settings.max_candidates)
             stamps.append(clock())
             request_id = parsed.request_id
             REQUEST_ID.set(request_id)
-            result = rank(state, parsed)
+            result = rank(state, parsed, settings.log_features)
             stamps.append(clock())
             variant = result.assignment.label
             content = render(result)
@@ -100,7 +100,7 @@ class RankTracer:
         seconds = ended - started
         model_version = str(result.model.ref)
         service.metrics.observe_ranked(
-            variant, model_version, len(parsed.candidates), result.onnx_seconds, seconds, request_id
+            variant, model_version, parsed.size, result.onnx_seconds, seconds, request_id
         )
         # parse end, ORT start, ORT end, rank end, render end.
         onnx_end = result.onnx_started + result.onnx_seconds
@@ -110,7 +110,7 @@ class RankTracer:
             "ranker.request_id": request_id,
             "ranker.variant": variant,
             "ranker.model_version": model_version,
-            "ranker.candidates": len(parsed.candidates),
+            "ranker.candidates": parsed.size,
         }
 
         async def after() -> None:

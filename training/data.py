@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ranker.features import FeatureEncoder
@@ -29,6 +30,9 @@ LOG_SPEC_FILE = "feature_spec.yaml"
 # Served position (0 = top), in logs built from served traffic (ranker build-log, simulate-traffic
 # --log-dir): read when present, for position debiasing in training (never a model input).
 POSITION_COLUMN = "position"
+# Day partitions of a log directory: `day=YYYY-MM-DD/part-0.parquet`.
+DAY_PARTITION = "day"
+DAY_PARTITIONING = ds.partitioning(pa.schema([(DAY_PARTITION, pa.string())]), flavor="hive")
 
 
 @dataclass
@@ -76,8 +80,15 @@ def day_number(name: str) -> int:
         raise ValueError(f"not a date (YYYY-MM-DD): {name!r}") from None
 
 
-def log_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The Parquet/CSV files of a log: a file, a directory (searched recursively) or a list."""
+def log_files(
+    path: str | Path | Sequence[str | Path], days: Sequence[str] | None = None
+) -> list[Path]:
+    """The Parquet/CSV files of a log: a file, a directory (searched recursively) or a list.
+
+    With `days`, day partitions (`day=YYYY-MM-DD` directories, as the simulator and build-log
+    write them) outside those days are pruned by pyarrow.dataset's hive partitioning before any
+    file is opened; files outside a day partition are kept (their rows are filtered after reading).
+    """
     paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
     files: list[Path] = []
     for p in paths:
@@ -85,12 +96,30 @@ def log_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
             found = sorted(f for f in p.rglob("*") if f.suffix in LOG_SUFFIXES and f.is_file())
             if not found:
                 raise DataError(str(p), "no .parquet or .csv files in this directory")
-            files.extend(found)
+            files.extend(_in_days(found, p, days) if days is not None else found)
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(str(p), "no such file or directory")
     return files
+
+
+def _in_days(files: Sequence[Path], base: Path, days: Sequence[str]) -> list[Path]:
+    """The files whose hive partition (relative to `base`) may hold one of `days`."""
+    keep: set[str] = set()
+    wanted = pc.field(DAY_PARTITION).isin(pa.array(list(days), pa.string()))
+    for suffix in LOG_SUFFIXES:  # one dataset per format: discovery never opens a file
+        group = [str(f) for f in files if f.suffix == suffix]
+        if group:
+            dataset = ds.dataset(
+                group,
+                format=suffix.lstrip("."),
+                partitioning=DAY_PARTITIONING,
+                partition_base_dir=str(base),
+                schema=pa.schema([(DAY_PARTITION, pa.string())]),
+            )
+            keep.update(fragment.path for fragment in dataset.get_fragments(filter=wanted))
+    return [f for f in files if str(f) in keep]
 
 
 def find_log_spec(paths: str | Path | Sequence[str | Path]) -> Path | None:
@@ -164,9 +193,13 @@ def read_log(
     *,
     drop_invalid: bool = False,
     oracle: bool = True,
+    days: Sequence[str] | None = None,
 ) -> ImpressionLog:
-    """Read and validate a log for a feature spec; only the needed columns are read."""
-    files = log_files(path)
+    """Read and validate a log for a feature spec; only the needed columns are read. With `days`,
+    only those days' rows: other day partitions are never opened (`log_files`)."""
+    files = log_files(path, days)
+    if not files:
+        raise DataError(str(path), f"no day partition holds the days {list(days or [])}")
     wanted = required_columns(spec) + (list(ORACLE_COLUMNS) if oracle else []) + [POSITION_COLUMN]
     tables: list[pa.Table] = []
     dropped: dict[str, int] = {}
@@ -186,7 +219,8 @@ def read_log(
         table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(str(path), f"files have incompatible column types: {exc}") from None
-    return ImpressionLog(table, str(path), dropped)
+    log = ImpressionLog(table, str(path), dropped)
+    return log.filter_days(days) if days is not None else log
 
 
 # Row rules on labels and ids: (column, description, predicate that is True for a BAD row).

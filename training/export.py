@@ -24,7 +24,7 @@ import torch
 
 from ranker.features import FeatureEncoder
 from ranker.model_card import CARD_FILE
-from ranker.models import MultiTaskModel
+from ranker.models import REQUEST_INDEX, MultiTaskModel
 from ranker.onnx_model import OnnxModel, OnnxModelError
 from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, Publication, publish
 from ranker.schema import FeatureSpec
@@ -33,6 +33,7 @@ from training.trainer import BEST, load_best
 
 EXPORTER = "torch.onnx.export(dynamo=True)"
 USER_AXIS, ITEM_AXIS = "user_batch", "candidates"
+REQUESTS_AXIS = "requests"  # the user inputs' axis in the batched graph
 # Requests scored one by one (user batch 1) in the per-request parity layout.
 PARITY_REQUESTS = 8
 
@@ -128,7 +129,7 @@ def held_out_rows(
 ) -> EncodedData:
     """The first `rows` impressions of `days`, encoded with the run's fitted spec."""
     try:
-        log = read_log(list(paths), spec, drop_invalid=drop, oracle=False).filter_days(days)
+        log = read_log(list(paths), spec, drop_invalid=drop, oracle=False, days=days)
     except ValueError as exc:
         raise ExportError(
             f"cannot read held-out rows for the parity check (pass data_paths if the log moved): {exc}"
@@ -151,19 +152,39 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def to_onnx(model: MultiTaskModel, example: Mapping[str, np.ndarray], opset: int) -> bytes:
+def to_onnx(
+    model: MultiTaskModel,
+    example: Mapping[str, np.ndarray],
+    opset: int,
+    *,
+    batched: bool = False,
+) -> bytes:
     """The inference model as a checked ONNX graph (bytes) with dynamic user and candidate axes.
 
     torch.export cannot keep B_u and N apart: the user part is added to the item part, so it
     specialises B_u to 1 or unifies it with N. We trace with B_u = N (>= 2), then give the user
     inputs their own axis name: ONNX Add broadcasts, so the graph also runs with B_u = 1 (the
     parity check proves it for each export).
+
+    `batched=True` gives the graph for a batch of requests: user inputs with their own axis
+    `requests` (B), item inputs and `request_index` [N] (each item's row in the user inputs) on the
+    candidate axis, so a dynamic batcher can merge concurrent requests into one run.
     """
     batch = {len(v) for v in example.values()}
     if len(batch) != 1 or batch.pop() < 2:
         raise ExportError("export example: every input needs the same batch size, at least 2")
     inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
     axis = torch.export.Dim(ITEM_AXIS)
+    names = list(model.input_names)
+    shapes: dict[str, dict[int, Any]] = {k: {0: axis} for k in inputs}
+    if batched:
+        # Two requests, each candidate in one of them: B and N traced apart, so neither specialises.
+        n = len(next(iter(inputs.values())))
+        requests = torch.export.Dim(REQUESTS_AXIS)
+        inputs = {k: v[:2] if k.startswith("user_") else v for k, v in inputs.items()}
+        inputs[REQUEST_INDEX] = torch.arange(n, dtype=torch.int64) % 2
+        shapes = {k: {0: requests if k.startswith("user_") else axis} for k in inputs}
+        names.append(REQUEST_INDEX)
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
             model.eval(),
@@ -171,9 +192,9 @@ def to_onnx(model: MultiTaskModel, example: Mapping[str, np.ndarray], opset: int
             kwargs={"inputs": inputs},
             dynamo=True,
             opset_version=opset,
-            input_names=list(model.input_names),
+            input_names=names,
             output_names=list(model.task_names),
-            dynamic_shapes={"inputs": {k: {0: axis} for k in inputs}},
+            dynamic_shapes={"inputs": shapes},
             verbose=False,
         )
     if program is None:
@@ -184,7 +205,8 @@ def to_onnx(model: MultiTaskModel, example: Mapping[str, np.ndarray], opset: int
         dim = value.type.tensor_type.shape.dim[0]
         if not dim.dim_param:
             raise ExportError(f"ONNX {value.name!r}: batch axis was fixed to {dim.dim_value}")
-        dim.dim_param = USER_AXIS if value.name.startswith("user_") else ITEM_AXIS
+        user_axis = REQUESTS_AXIS if batched else USER_AXIS
+        dim.dim_param = user_axis if value.name.startswith("user_") else ITEM_AXIS
     # Intermediate shapes were recorded under B_u = N; ONNX Runtime re-infers them.
     del graph.value_info[:]
     names = [t.name for t in graph.initializer] + [n.name for n in graph.node]

@@ -6,7 +6,7 @@ units and is the module exported to ONNX; `MultiTaskTrainingModel(model, aux)` c
 """
 
 from ranker.models.aux_heads import AUX_FORMS, AuxConfig
-from ranker.models.base import ModelConfig, ModelParts, MultiTaskModel
+from ranker.models.base import REQUEST_INDEX, ModelConfig, ModelParts, MultiTaskModel
 from ranker.models.builder import MODELS, build_model
 from ranker.models.inputs import InputLayer, check_inputs, input_names
 from ranker.models.losses import task_loss, task_output
@@ -19,6 +19,7 @@ __all__ = [
     "AUX_FORMS",
     "MODELS",
     "PLE",
+    "REQUEST_INDEX",
     "AuxConfig",
     "InputLayer",
     "MMoE",

@@ -20,6 +20,10 @@ from ranker.models.towers import TaskTowers
 from ranker.schema import FeatureSpec
 from ranker.tasks import Task
 
+# Extra input of the batched graph: for each item row, the row of its request in the user inputs
+# ([N] int64). Without it the user inputs have batch 1 (one request) or N (row-wise).
+REQUEST_INDEX = "request_index"
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -127,6 +131,13 @@ class MultiTaskModel(nn.Module):
 
     def forward_parts(self, inputs: Mapping[str, Tensor]) -> ModelParts:
         user, item = self.inputs(inputs)
+        rows = inputs.get(REQUEST_INDEX)
+        if rows is not None:
+            # A batch of requests: user [B, d_user] -> each candidate's own user row [N, d_user].
+            # Gathering after the input layer keeps the embedding lookups once per request; the
+            # user part of the first dense layer then runs per row (row-wise mode), the price of
+            # one graph for any architecture (docs/serving.md: batched graph).
+            user = user.index_select(0, rows)
         body = self.body(user, item)
         raw, tower_inputs = self.towers(body.tower_inputs)
         return ModelParts(raw, tower_inputs, body.shared, body.gates)

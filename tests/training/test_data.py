@@ -15,6 +15,7 @@ from ranker.schema import load_default_spec
 from training.data import (
     encode_log,
     iter_encoded,
+    log_files,
     read_log,
     split_days,
 )
@@ -72,6 +73,33 @@ def test_reads_partitioned_directory(tmp_path: Path) -> None:
     assert log.days() == ["2026-01-01", "2026-01-02", "2026-01-03"]
     assert not log.has_oracle
     assert log.filter_days(["2026-01-02"]).rows == 40
+
+
+def test_days_prune_day_partitions_before_reading(tmp_path: Path) -> None:
+    root = write_days(tmp_path)
+    # A file outside any day partition may hold any day: kept, its rows filtered after reading.
+    pq.write_table(make_table(10, 2, seed=9), root / "extra.parquet")
+    # A broken file in a pruned partition is never opened.
+    (root / "day=2026-01-01" / "broken.parquet").write_bytes(b"not parquet")
+    files = log_files(root, ["2026-01-02", "2026-01-03"])
+    assert [f.relative_to(root).as_posix() for f in files] == [
+        "day=2026-01-02/part-0.parquet",
+        "day=2026-01-03/part-0.parquet",
+        "extra.parquet",
+    ]
+    log = read_log(root, load_default_spec(), days=["2026-01-03"])
+    assert log.days() == ["2026-01-03"] and log.rows == 50
+    assert log.table["ts"].to_pylist() == (
+        read_log(files, load_default_spec()).filter_days(["2026-01-03"]).table["ts"].to_pylist()
+    )
+    with pytest.raises(DataError, match=r"broken\.parquet"):
+        read_log(root, load_default_spec())  # without days the broken file is read, and named
+
+
+def test_days_that_no_partition_holds_are_named(tmp_path: Path) -> None:
+    root = write_days(tmp_path)
+    with pytest.raises(DataError, match=r"no day partition holds the days \['2027-05-01'\]"):
+        read_log(root, load_default_spec(), days=["2027-05-01"])
 
 
 def test_split_days() -> None:

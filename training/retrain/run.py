@@ -111,10 +111,13 @@ def production_predictions(
 
 
 def gate_day_rows(config: RetrainConfig, spec: FeatureSpec, gate_day: str) -> EncodedData:
-    """The gate day's rows encoded with a model's own fitted spec (read whole: one day)."""
+    """The gate day's rows encoded with a model's own fitted spec (only that day is read)."""
     day_log = read_log(
-        list(config.data.paths), spec, drop_invalid=config.train.data.drop_invalid
-    ).filter_days([gate_day])
+        list(config.data.paths),
+        spec,
+        drop_invalid=config.train.data.drop_invalid,
+        days=[gate_day],
+    )
     return encode_log(day_log, FeatureEncoder(spec))
 
 

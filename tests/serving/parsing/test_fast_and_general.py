@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -13,14 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ranker.features import Ragged
-from serving.decoding import RequestDecoder
+from serving.columns import item_columns, user_columns
 from serving.errors import ApiError
 from serving.models import FieldKinds
-from serving.state import typed_decoder
-from serving.validation import item_columns, parse_request, user_columns
-from tests.serving.test_validation_fuzz import BASE, ENCODER, FIELDS, KINDS, edited, json_values
+from serving.parsing import RankRequest, RequestParser
+from serving.parsing.fast import FastDecoder
+from serving.parsing.general import parse_general
+from tests.serving.parsing.test_fuzz import BASE, ENCODER, FIELDS, KINDS, edited, json_values
 
-DECODER = RequestDecoder(KINDS.item)
+FAST = FastDecoder(KINDS.item)
 MORE_FIELDS = [
     *FIELDS,
     ("candidates", 0, "author_id"),
@@ -38,16 +38,25 @@ layout_values = (
 ) | st.lists(INT64, max_size=5)
 
 
-def outcome(body: bytes, decoder: RequestDecoder | None) -> Any:
-    """Encoded model inputs, or the error as (status, field, message)."""
+def parse(body: bytes, fast: bool) -> RankRequest:
+    """The fast path when it takes the body, else the general one (RequestParser's order)."""
+    if fast:
+        request = FAST.parse(body, 100)
+        if request is not None:
+            return request
+    return parse_general(body, 100, frozenset(KINDS.item))
+
+
+def outcome(body: bytes, fast: bool) -> Any:
+    """The parsed request and its encoded model inputs, or the error as (status, field, message)."""
     try:
-        request = parse_request(body, 100, decoder)
+        request = parse(body, fast)
         feeds = ENCODER.encode_group("user", user_columns(request, KINDS), 1)
         items = item_columns(request, KINDS)
-        feeds.update(ENCODER.encode_group("item", items, len(request.candidates)))
+        feeds.update(ENCODER.encode_group("item", items, request.size))
     except ApiError as error:
         return (error.status, error.field, error.message)
-    return (request.request_id, request.user_id, request.item_ids, request.top_k, feeds)
+    return (request, feeds)
 
 
 def assert_same(fast: Any, general: Any) -> None:
@@ -55,10 +64,10 @@ def assert_same(fast: Any, general: Any) -> None:
     if len(general) == 3:
         assert fast == general
         return
-    assert fast[:4] == general[:4]
-    assert fast[4].keys() == general[4].keys()
-    for name, array in general[4].items():
-        np.testing.assert_array_equal(fast[4][name], array, err_msg=name)
+    assert fast[0] == general[0]  # one parsed form (3 and 3.0 compare equal)
+    assert fast[1].keys() == general[1].keys()
+    for name, array in general[1].items():
+        np.testing.assert_array_equal(fast[1][name], array, err_msg=name)
 
 
 def body_of(doc: dict[str, Any]) -> bytes:
@@ -73,7 +82,7 @@ def body_of(doc: dict[str, Any]) -> bytes:
 )
 def test_fast_and_general_paths_agree(edits: list[tuple[tuple[Any, ...], Any]]) -> None:
     body = body_of(edited(BASE, edits))
-    assert_same(outcome(body, DECODER), outcome(body, None))
+    assert_same(outcome(body, True), outcome(body, False))
 
 
 def random_layout_body(rng: np.random.Generator, n: int) -> dict[str, Any]:
@@ -101,27 +110,28 @@ def test_random_valid_layouts_take_the_fast_path_and_agree() -> None:
     for n in (1, 2, 17, 100):
         for _ in range(10):
             body = body_of(random_layout_body(rng, n))
-            assert DECODER.decode(body) is not None
-            assert_same(outcome(body, DECODER), outcome(body, None))
+            assert FAST.parse(body, 100) is not None
+            assert_same(outcome(body, True), outcome(body, False))
 
 
 @settings(max_examples=200, deadline=None)
 @given(raw=st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
 def test_arbitrary_bytes_get_the_general_answer(raw: bytes) -> None:
-    assert_same(outcome(raw, DECODER), outcome(raw, None))
+    assert_same(outcome(raw, True), outcome(raw, False))
 
 
 def test_the_common_layout_takes_the_fast_path() -> None:
     doc = copy.deepcopy(BASE)
     doc["candidates"][0]["author_id"] = None  # null: left out, still fast
     doc["candidates"][1]["tags"] = []
-    request = parse_request(body_of(doc), 100, DECODER)
-    assert request.typed_for == KINDS.item
+    request = FAST.parse(body_of(doc), 100)
+    assert request is not None
     columns = item_columns(request, KINDS)
     assert columns["item_id"].dtype == np.int64
     assert columns["duration"].dtype == np.float64
     assert isinstance(columns["tags"], Ragged)
-    assert_same(outcome(body_of(doc), DECODER), outcome(body_of(doc), None))
+    assert "upload_age_days" not in request.items  # no candidate gives it, as on the general path
+    assert_same(outcome(body_of(doc), True), outcome(body_of(doc), False))
 
 
 @pytest.mark.parametrize(
@@ -137,33 +147,35 @@ def test_the_common_layout_takes_the_fast_path() -> None:
 )
 def test_other_layouts_take_the_general_path(path: tuple[Any, ...], value: Any) -> None:
     body = body_of(edited(BASE, [(path, value)]))
-    assert DECODER.decode(body) is None
-    assert_same(outcome(body, DECODER), outcome(body, None))
+    assert FAST.parse(body, 100) is None
+    assert_same(outcome(body, True), outcome(body, False))
 
 
-def test_models_with_different_item_features_share_no_decoder() -> None:
-    same = SimpleNamespace(kinds=KINDS)
-    other = SimpleNamespace(
-        kinds=FieldKinds(KINDS.user, KINDS.context, {**KINDS.item, "colour": "categorical"})
-    )
-    decoder = typed_decoder([same, same])  # type: ignore[list-item]
-    assert decoder is not None and decoder.item_kinds == dict(KINDS.item)
-    assert typed_decoder([same, other]) is None  # type: ignore[list-item]
-
-
-def test_candidates_decoded_for_other_features_are_checked_the_general_way() -> None:
+def test_models_with_different_item_features_share_no_fast_path() -> None:
     wider = {**KINDS.item, "colour": "categorical"}
+    same = RequestParser([KINDS.item, KINDS.item])
+    assert same.fast is not None and same.fast.item_kinds == dict(KINDS.item)
+    mixed = RequestParser([KINDS.item, wider])
+    assert mixed.fast is None
+    assert mixed.item_features == frozenset(wider)
+
+
+def test_a_feature_only_another_model_takes_is_refused_by_the_model_that_lacks_it() -> None:
+    parser = RequestParser([KINDS.item, {**KINDS.item, "colour": "categorical"}])
     doc = copy.deepcopy(BASE)
-    request = parse_request(body_of(doc), 100, RequestDecoder(wider))
-    assert request.typed_for == wider
-    general = item_columns(parse_request(body_of(doc), 100), KINDS)
-    columns = item_columns(request, KINDS)
-    assert request.typed_for is None and columns.keys() == general.keys()
+    plain = parser.parse(body_of(doc), 100)
+    assert (
+        item_columns(plain, KINDS).keys() == item_columns(parse(body_of(doc), True), KINDS).keys()
+    )
+    doc["candidates"][1]["colour"] = None  # null: left out, for any model
+    assert "colour" not in parser.parse(body_of(doc), 100).items
     doc["candidates"][2]["colour"] = "red"
-    request = parse_request(body_of(doc), 100, RequestDecoder(wider))
+    request = parser.parse(body_of(doc), 100)
     with pytest.raises(ApiError) as refused:
         item_columns(request, KINDS)
     assert refused.value.field == "candidates[2].colour"
+    wider = FieldKinds(KINDS.user, KINDS.context, {**KINDS.item, "colour": "categorical"})
+    assert item_columns(request, wider)["colour"] == [None, None, "red", None]
 
 
 @pytest.mark.parametrize(
@@ -177,5 +189,5 @@ def test_candidates_decoded_for_other_features_are_checked_the_general_way() -> 
 def test_deep_nesting_takes_the_general_path(name: str, nested: str) -> None:
     path = tuple(int(k) if k.isdigit() else k for k in name.replace("[0]", ".0").split("."))
     body = body_of(edited(BASE, [(path, "__deep__")])).replace(b'"__deep__"', nested.encode(), 1)
-    assert DECODER.decode(body) is None
-    assert_same(outcome(body, DECODER), outcome(body, None))
+    assert FAST.parse(body, 100) is None
+    assert_same(outcome(body, True), outcome(body, False))

@@ -1,42 +1,40 @@
-"""POST /rank: the hot path. No pydantic and no jsonable_encoder: bytes in, bytes out."""
+"""POST /rank: HTTP only. Bytes in (parsing), a ranking, bytes out (response); no pydantic and no
+jsonable_encoder on the hot path.
+
+The route is declared once, here, as a `RankRoute`: an APIRoute, so FastAPI documents it from this
+declaration (serving/openapi.py adds the served models' features and examples), whose handler is
+the endpoint itself, so FastAPI neither solves dependencies nor parses the body for it.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import numpy as np
-from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response
 
 from serving import logs
 from serving.deps import read_body, require_json
 from serving.errors import ApiError, error_response
-from serving.impressions import now_ms
 from serving.logs import REQUEST_ID
-from serving.ranking import RankResult, experiment_doc, rank, render
+from serving.ranking import RankResult, rank
+from serving.response import render
 from serving.schemas import ERRORS, RankResponse
-from serving.served_features import ServedFeatures
 from serving.service import Service
-from serving.validation import parse_request
-
-router = APIRouter(tags=["ranking"])
 
 
-def body_schema(name: str) -> dict[str, Any]:
-    """OpenAPI for a body the handler reads itself (the schema is registered in app.py)."""
-    ref = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+class RankRoute(APIRoute):
+    """Documented like any APIRoute; runs the endpoint on Starlette's plain request/response."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = request_response(self.endpoint)
 
 
-@router.post(
-    "/rank",
-    summary="Rank candidates for one user",
-    response_model=RankResponse,
-    responses=ERRORS,
-    openapi_extra=body_schema("RankRequest"),
-)
 async def rank_endpoint(request: Request) -> Response:
     started = time.perf_counter()
     service: Service = request.app.state.service
@@ -51,10 +49,10 @@ async def rank_endpoint(request: Request) -> Response:
         state = service.manager.state  # read once: a swap cannot change it under this request
         if state is None:
             raise ApiError(503, None, f"not ready: {service.manager.not_ready_reason}")
-        parsed = parse_request(body, settings.max_candidates, state.decoder)
+        parsed = state.parser.parse(body, settings.max_candidates)
         request_id = parsed.request_id
         REQUEST_ID.set(request_id)  # on every line logged from here on
-        result = rank(state, parsed)
+        result = rank(state, parsed, settings.log_features)
         variant = result.assignment.label
         content = render(result)
     except ApiError as error:
@@ -68,7 +66,7 @@ async def rank_endpoint(request: Request) -> Response:
     seconds = time.perf_counter() - started
     model_version = str(result.model.ref)
     service.metrics.observe_ranked(
-        variant, model_version, len(parsed.candidates), result.onnx_seconds, seconds, request_id
+        variant, model_version, parsed.size, result.onnx_seconds, seconds, request_id
     )
     # Once the response is sent: queueing the impression and the access line is not the
     # client's wait.
@@ -80,7 +78,7 @@ async def after_response(
     service: Service, result: RankResult, model_version: str, seconds: float
 ) -> None:
     # async so that Starlette runs it inline, not on its thread pool
-    service.impressions.submit(impression(result, service.settings.log_features))
+    service.impressions.submit(result.impression)
     if service.settings.access_log:
         logs.access(
             200,
@@ -88,29 +86,25 @@ async def after_response(
             request_id=result.request.request_id,
             model_version=model_version,
             variant=result.assignment.label,
-            candidates=len(result.request.candidates),
+            candidates=result.request.size,
         )
 
 
-def impression(result: RankResult, log_features: bool = False) -> dict[str, Any]:
-    """The impression record; numpy arrays (and the served features) are serialised later, by
-    the writer thread."""
-    record = {
-        "request_id": result.request.request_id,
-        "user_id": result.request.user_id,
-        "ts": now_ms(),
-        "model": result.model.ref.name,
-        "model_version": result.model.ref.version,
-        "variant": result.assignment.label,
-        "layers": experiment_doc(result.assignment)["layers"],
-        "item_ids": result.item_ids,
-        "scores": result.scores,
-        "predictions": result.predictions,
-    }
-    if log_features:
-        request = result.request
-        record["positions"] = np.arange(len(result.item_ids))
-        record["features"] = ServedFeatures(
-            request.user, request.context, result.item_columns, result.order
-        )
-    return record
+def route() -> RankRoute:
+    """POST /rank with its OpenAPI declaration."""
+    return RankRoute(
+        "/rank",
+        rank_endpoint,
+        methods=["POST"],
+        summary="Rank candidates for one user",
+        tags=["ranking"],
+        response_model=RankResponse,
+        responses=ERRORS,
+        openapi_extra=body_schema("RankRequest"),
+    )
+
+
+def body_schema(name: str) -> dict[str, Any]:
+    """OpenAPI for a body the handler reads itself (the schema is in serving/openapi.py)."""
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}

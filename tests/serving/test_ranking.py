@@ -14,7 +14,7 @@ from ranker.experiments import ExperimentConfig
 from ranker.features import FeatureEncoder
 from ranker.registry import load_manifest
 from ranker.scoring import rank_order, score
-from serving.ranking import render_items
+from serving.response import render_items
 from serving.settings import Settings
 from tests.serving.conftest import Built, body_of, requests_of, serve, wait_for
 from training.trainer import BEST, load_best

@@ -14,12 +14,12 @@ from starlette.responses import Response
 
 from ranker.experiment_store import StaleVersionError, StoreError, parse_document
 from ranker.experiments import ExperimentError
-from serving.api import body_schema
 from serving.deps import AdminDep, ServiceDep, json_response, read_body, require_json
 from serving.errors import ApiError, split_field
+from serving.parsing import loads_object
+from serving.routes.rank import body_schema
 from serving.schemas import ADMIN_ERRORS
 from serving.state import ConfigRejected, ServingState
-from serving.validation import loads_object
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep], responses=ADMIN_ERRORS)
 

@@ -1,4 +1,4 @@
-"""Whatever JSON arrives, parsing + validation + encoding raise only field-named ApiErrors."""
+"""Whatever JSON arrives, parsing + column building + encoding raise only field-named ApiErrors."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from hypothesis import strategies as st
 
 from ranker.features import FeatureEncoder
 from ranker.schema import load_default_spec
+from serving.columns import item_columns, user_columns
 from serving.errors import ApiError
 from serving.models import FieldKinds
-from serving.validation import item_columns, parse_request, user_columns
+from serving.parsing import RequestParser
 
 SPEC = load_default_spec()
 ENCODER = FeatureEncoder(SPEC)
 KINDS = FieldKinds.of(SPEC)
+PARSER = RequestParser([KINDS.item])
 BASE: dict[str, Any] = {
     "request_id": "r",
     "user": {"user_id": 7, "device": "ios", "user_active_degree": "high", "user_code_0": 3},
@@ -74,11 +76,11 @@ def edited(base: dict[str, Any], edits: list[tuple[tuple[Any, ...], Any]]) -> di
 
 
 def run(body: bytes) -> None:
-    request = parse_request(body, max_candidates=100)
+    request = PARSER.parse(body, max_candidates=100)
     users = user_columns(request, KINDS)
     items = item_columns(request, KINDS)
     ENCODER.encode_group("user", users, 1)
-    ENCODER.encode_group("item", items, len(request.candidates))
+    ENCODER.encode_group("item", items, request.size)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))

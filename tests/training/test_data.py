@@ -92,7 +92,7 @@ def test_days_prune_day_partitions_before_reading(tmp_path: Path) -> None:
     assert log.table["ts"].to_pylist() == (
         read_log(files, load_default_spec()).filter_days(["2026-01-03"]).table["ts"].to_pylist()
     )
-    with pytest.raises(DataError, match="broken.parquet"):
+    with pytest.raises(DataError, match=r"broken\.parquet"):
         read_log(root, load_default_spec())  # without days the broken file is read, and named
 
 

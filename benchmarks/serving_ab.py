@@ -33,6 +33,7 @@ import yaml
 
 from benchmarks.report import machine, write_section
 from benchmarks.serving_rank import (
+    DEMO_CONFIG,
     ROOT,
     build_registry,
     free_port,
@@ -84,11 +85,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500, help="candidates per request")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300, help="per server, all rounds")
+    parser.add_argument(
+        "--model",
+        choices=("benchmark", "demo"),
+        default="benchmark",
+        help="demo: experts [128, 64]",
+    )
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print only; leave docs/benchmarks.md as it is"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        version_dir, table, spec = build_registry(tmp)
+        version_dir, table, spec = build_registry(
+            tmp, DEMO_CONFIG if args.model == "demo" else None
+        )
         experiments = tmp / "experiments.yaml"
         experiments.write_text(
             yaml.safe_dump(
@@ -174,7 +186,8 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"| {cpu['A']:.2f} / {cpu['B']:.2f} ms | **{result['cpu_ratio']:.3f}** |",
     ]
     body = "\n".join(lines)
-    write_section("serving_ab", body)
+    if not args.no_doc:
+        write_section("serving_ab", body)
     return body
 
 

@@ -58,9 +58,11 @@ class Settings:
     # ONNX Runtime threads per session (0: ORT's default).
     intra_op_threads: int = 2
     inter_op_threads: int = 1
-    # Let ORT's worker threads spin between runs: lower latency, but they burn CPU that request
-    # parsing on a small machine may need (benchmark both).
-    ort_spinning: bool = True
+    # Let ORT's worker threads spin after a run. Off by default: on 2 cores the spinning worker
+    # holds a core while the response is written and the client wakes, so every step after the
+    # ONNX call ran slower; benchmarks/serving_rank.py measures both (spinning off: p50 1.0-2.1x
+    # lower, CPU per request about half, on a loaded 2-core machine; docs/benchmarks.md).
+    ort_spinning: bool = False
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.
     providers: tuple[str, ...] = (CUDA, CPU)
     # Refuse to start (or swap in a model) unless CUDA is the active provider.

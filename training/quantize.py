@@ -149,13 +149,14 @@ def check_contract(
 def read_days(
     paths: Sequence[str | Path], manifest: Manifest, days: Sequence[str], drop_invalid: bool
 ) -> EncodedData:
-    """Rows of `days` encoded with the version's fitted feature spec."""
+    """Rows of `days` encoded with the version's fitted feature spec (other day partitions are
+    not read)."""
     spec = manifest.spec()
     try:
-        log = read_log(list(paths), spec, drop_invalid=drop_invalid, oracle=False)
+        log = read_log(list(paths), spec, drop_invalid=drop_invalid, oracle=False, days=days)
     except ValueError as exc:
         raise QuantizeError(f"cannot read the training log {list(paths)}: {exc}") from None
-    table = log.filter_days(days).table
+    table = log.table
     if table.num_rows == 0:
         raise QuantizeError(f"{list(paths)}: no rows on days {list(days)}")
     return encode_table(table, FeatureEncoder(spec))

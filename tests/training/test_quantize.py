@@ -210,3 +210,15 @@ def test_cli_exports_fp32_then_int8_and_refuses_with_a_clear_error(
     assert list_versions(registry, "ranker") == ["v0001", "v0002"]
     assert cli_main([*args, "--base", "v0002"]) == 2
     assert "already an int8 version" in capsys.readouterr().err
+
+
+def test_bad_options_and_missing_versions_are_named(registry: Path, tiny_run: Path) -> None:
+    with pytest.raises(ValueError, match="max_rmse_rise: must be a finite number >= 0"):
+        QualityBound(max_rmse_rise=-0.1)
+    with pytest.raises(ValueError, match="quantize mode: must be one of"):
+        QuantizeOptions(mode="int4")  # type: ignore[arg-type]
+    paths, _ = run_log(tiny_run)
+    with pytest.raises(QuantizeError, match="v0009"):
+        quantize_version(registry, "ranker", "v0009", paths)
+    with pytest.raises(QuantizeError, match="cannot read the training log"):
+        quantize_version(registry, "ranker", "v0001", [str(registry / "nowhere")])

@@ -29,13 +29,13 @@ from benchmarks.report import machine, write_section
 from ranker.registry import MODEL_FILE, Manifest, load_manifest
 from serving.models import session_options
 from serving.settings import Settings
+from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
 from training.data import EncodedData
 from training.export import export_run
 from training.quantize import quantize_version, read_days
 from training.quantize_config import Mode, QualityBound, QuantizeOptions
 from training.quantize_parity import request_rows, violations
-from training.simulate import SimulatorConfig, simulate
 from training.trainer import Trainer, prepare_data
 
 COUNTS = (100, 500, 1000)

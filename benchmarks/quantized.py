@@ -26,8 +26,9 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.report import machine, write_section
+from ranker.onnx_model import CPU
 from ranker.registry import MODEL_FILE, Manifest, load_manifest
-from serving.models import session_options
+from serving.models import runtime_options
 from serving.settings import Settings
 from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
@@ -120,7 +121,8 @@ def measure_model(
     # parallel op, so when other processes hold the cores its time says more about them than
     # about the graph; the 1-thread ratio is the cleaner measure of the work saved.
     for threads in sorted({args.threads, 1}, reverse=True):
-        options = session_options(Settings(intra_op_threads=threads))
+        settings = Settings(intra_op_threads=threads)
+        options = runtime_options(settings, (CPU,)).session_options()
         sessions = {
             k: ort.InferenceSession(
                 str(v / MODEL_FILE), options, providers=["CPUExecutionProvider"]

@@ -8,8 +8,9 @@ read disjoint parts), encoded chunk by chunk, and mixed in a shuffle buffer of `
 from which batches are cut. Memory is bounded by the buffer plus one read chunk, not by the log.
 
 Dense statistics are fitted in one streaming pass (Chan's parallel mean/variance over chunks, the
-same values as `fit_dense_stats` on the whole column). Evaluation streams the features too; it keeps
-per row only the predictions, labels and ids its metrics need (about 40 bytes a row).
+same values as `fit_dense_stats` on the whole column). Evaluation streams the features too and
+spills the rows its metrics need to disk by user/request (training/stream_eval.py): exact metrics,
+memory bounded by a part file, not by the evaluated days.
 
 Shuffle quality is that of a buffer: rows mix within `buffer_rows`, row groups mix across the
 epoch. A buffer at least as large as a row group gives each batch rows from several groups.
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 
 from ranker.features import FeatureEncoder, dense_values, transform_dense
@@ -43,9 +45,10 @@ from training.data import (
     validate_rows,
 )
 from training.errors import DataError
-from training.evaluate import evaluate_predictions
+from training.stream_eval import SpilledMetrics, spill_folder
 
 READ_ROWS = 65_536  # rows decoded at once inside a row group
+READ_BUFFER = 1 << 20  # bytes read ahead per column chunk (pages stream through it)
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,8 @@ class StreamingLog:
             if stats and stats["min"] // MS_PER_DAY == stats["max"] // MS_PER_DAY:
                 found.add(int(stats["min"] // MS_PER_DAY))
                 continue
-            for batch in group.to_batches(columns=["ts"], batch_size=READ_ROWS):
-                ts = batch.column(0).to_numpy(zero_copy_only=False)
+            for batch in self._batches(group, ["ts"]):
+                ts = batch.column(0).drop_null().to_numpy()
                 found.update(np.unique(ts // MS_PER_DAY).tolist())
         return [day_name(d) for d in sorted(found)]
 
@@ -157,14 +160,11 @@ class StreamingLog:
             else list(dict.fromkeys([*columns, *ID_COLUMNS, *LABEL_COLUMNS]))
         )
         try:
-            for batch in group.to_batches(
-                columns=wanted, filter=_day_filter(days), batch_size=READ_ROWS
-            ):
-                if not batch.num_rows:
+            for batch in self._batches(group, wanted):
+                table = pa.Table.from_batches([batch]).filter(_day_filter(days))
+                if not table.num_rows:
                     continue
-                table, dropped = validate_rows(
-                    pa.Table.from_batches([batch]), group.path, drop_invalid=self.drop_invalid
-                )
+                table, dropped = validate_rows(table, group.path, drop_invalid=self.drop_invalid)
                 if columns is None:
                     for reason, count in dropped.items():
                         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -172,6 +172,19 @@ class StreamingLog:
                     yield table
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(group.path, f"cannot read the row group: {exc}") from None
+
+    def _batches(
+        self, group: ds.ParquetFileFragment, columns: Sequence[str]
+    ) -> Iterator[pa.RecordBatch]:
+        """The group's rows in batches of `READ_ROWS`, decoded page by page: the dataset
+        scanner decodes a whole row group at once (300 MB for a 1.4M-row group), this reader
+        holds one batch plus a `READ_BUFFER`-byte read buffer per column. Columns are cast to
+        the dataset's schema, as the scanner would."""
+        file = pq.ParquetFile(group.path, buffer_size=READ_BUFFER, pre_buffer=False)
+        target = pa.schema([self.dataset.schema.field(c) for c in columns])
+        ids = [g.id for g in group.row_groups]
+        for batch in file.iter_batches(batch_size=READ_ROWS, row_groups=ids, columns=columns):
+            yield batch if batch.schema == target else batch.cast(target)
 
     def _rows(self, group: ds.ParquetFileFragment, days: Sequence[str]) -> int:
         wanted = {day_number(d) for d in days}
@@ -305,29 +318,31 @@ def prepare_stream(
 def evaluate_stream(
     model: MultiTaskModel, split: StreamSplit, encoder: FeatureEncoder, device: str = "cpu"
 ) -> dict[str, dict[str, float]]:
-    """`evaluate_model` over a streamed split: features chunk by chunk, keeping per row only the
-    predictions, labels and ids the metrics need; each task's mean loss (main heads) under
-    `task.loss` and their sum under `loss.value`, as `evaluate_model` reports them."""
+    """`evaluate_model` over a streamed split in bounded memory: features chunk by chunk, the
+    rows the metrics need spilled to disk by group (training/stream_eval.py, exact metrics);
+    each task's mean loss (main heads) under `task.loss` and their sum under `loss.value`, as
+    `evaluate_model` reports them."""
     was_training = model.training
     model.eval()
-    preds: dict[str, list[np.ndarray]] = {t: [] for t in model.task_names}
     sums = dict.fromkeys(model.task_names, 0.0)
-    kept: list[EncodedData] = []
-    for chunk in split.chunks(encoder):
-        inputs = {k: torch.from_numpy(v).to(device) for k, v in chunk.inputs.items()}
-        raw = model.forward_parts(inputs).raw
-        for task in model.tasks:
-            output = task_output(task, raw[task.name]).float().cpu().numpy()
-            preds[task.name].append(output)
-            label = torch.from_numpy(chunk.labels[task.name]).to(device)
-            sums[task.name] += float(task_loss(task, raw[task.name], label)) * chunk.rows
-        kept.append(EncodedData({}, chunk.labels, chunk.request_id, chunk.user_id, chunk.oracle))
-    model.train(was_training)
-    if not kept:
-        raise DataError(split.log.source, f"no rows on the days {list(split.days)}")
-    data = concat(kept)
-    result = evaluate_predictions({t: np.concatenate(v) for t, v in preds.items()}, data)
+    rows = 0
+    with spill_folder() as folder:
+        spilled = SpilledMetrics(list(model.task_names), split.rows, Path(folder))
+        for chunk in split.chunks(encoder):
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in chunk.inputs.items()}
+            raw = model.forward_parts(inputs).raw
+            preds = {}
+            for task in model.tasks:
+                preds[task.name] = task_output(task, raw[task.name]).float().cpu().numpy()
+                label = torch.from_numpy(chunk.labels[task.name]).to(device)
+                sums[task.name] += float(task_loss(task, raw[task.name], label)) * chunk.rows
+            spilled.add(preds, chunk)
+            rows += chunk.rows
+        model.train(was_training)
+        if not rows:
+            raise DataError(split.log.source, f"no rows on the days {list(split.days)}")
+        result = spilled.result()
     for name, total in sums.items():
-        result[name]["loss"] = total / data.rows
-    result["loss"] = {"value": float(sum(total / data.rows for total in sums.values()))}
+        result[name]["loss"] = total / rows
+    result["loss"] = {"value": float(sum(total / rows for total in sums.values()))}
     return result

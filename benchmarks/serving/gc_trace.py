@@ -2,7 +2,7 @@
 
     RANKER_GC_TRACE=/path/out.json python -m benchmarks.serving.gc_trace
 
-Every collection's generation and duration goes to the JSON file at exit (SIGTERM), with the
+Every collection's generation, duration and end time go to the JSON file at exit (SIGTERM), with the
 collector's thresholds; benchmarks/serving/profile_rank.py --gc starts the server this way.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 from serving import server
 
 _started: list[float] = []
-pauses: list[tuple[int, float]] = []
+pauses: list[tuple[int, float, float]] = []  # generation, seconds, time.time() at the end
 
 
 def _callback(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started.append(time.perf_counter())
     elif _started:
-        pauses.append((info["generation"], time.perf_counter() - _started.pop()))
+        pauses.append((info["generation"], time.perf_counter() - _started.pop(), time.time()))
 
 
 def _dump(*_: Any) -> None:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -112,6 +113,7 @@ def main() -> None:
             env["RANKER_GC_TRACE"] = str(args.out / f"gc-{args.model}.json")
         server = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
         url = f"http://127.0.0.1:{port}/rank"
+        loaded: list[tuple[float, float]] = []
         try:
             for n in counts:
                 body_file = tmp / f"body-{n}.json"
@@ -136,6 +138,7 @@ def main() -> None:
                     kwargs={"cwd": ROOT, "capture_output": True},
                 )
                 load.start()
+                started = time.time()
                 command = [spy, "record", "--pid", str(server.pid), "--rate", str(args.rate),
                            "--duration", str(int(args.seconds)), "--format", "raw",
                            "--output", str(raw), "--threads"]  # fmt: skip
@@ -143,6 +146,7 @@ def main() -> None:
                     command.append("--native")
                 subprocess.run(command, check=True, capture_output=True)
                 load.join()
+                loaded.append((started, time.time()))
                 inclusive, own = summarise(raw, args.top)
                 print(f"\n## {args.model} model, {n} candidates ({raw})")
                 print("inclusive %:")
@@ -155,15 +159,18 @@ def main() -> None:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
     if args.gc:
-        print_gc(args.out / f"gc-{args.model}.json", args.seconds * len(counts))
+        print_gc(args.out / f"gc-{args.model}.json", loaded)
 
 
-def print_gc(path: Path, seconds: float) -> None:
-    """Collections per generation: how many, per second of load, median and longest pause."""
+def print_gc(path: Path, loaded: list[tuple[float, float]]) -> None:
+    """Collections per generation while the load ran: how many, median and longest pause."""
     pauses = json.loads(path.read_text())["pauses"]
-    print(f"\n## GC pauses ({path}), {seconds:.0f} s of load plus start-up")
+    during = [(g, s) for g, s, end in pauses if any(a <= end <= b for a, b in loaded)]
+    seconds = sum(b - a for a, b in loaded)
+    print(f"\n## GC pauses under load ({path}): {seconds:.0f} s, {len(pauses) - len(during)} "
+          "collections outside it (start-up, warm-up)")  # fmt: skip
     for generation in (0, 1, 2):
-        times = sorted(ms * 1e3 for g, ms in pauses if g == generation)
+        times = sorted(s * 1e3 for g, s in during if g == generation)
         if times:
             print(
                 f"  gen {generation}: {len(times)} collections, median {times[len(times) // 2]:.3f} ms, "

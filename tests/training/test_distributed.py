@@ -111,3 +111,50 @@ def _assert_same_run(single: Path, parallel: Path, method: str) -> None:
     assert len(rows) == a["step"]
     losses = [float(v) for row in rows for k, v in row.items() if k.startswith(("loss_", "w_"))]
     assert np.isfinite(losses).all(), f"{method}: a logged loss or weight is not finite"
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_equal_one_process(tiny_log: Path, tmp_path: Path) -> None:
+    """Two `torchrun` launchers (`--nnodes 2`, one rank each) meeting at a c10d rendezvous
+    endpoint on 127.0.0.1, as two machines would; a last batch of one row."""
+    batch = _one_row_last_batch(tiny_log, tmp_path)
+    parallel = tmp_path / "nodes"
+    port = _free_port()
+    methods = ["ew", "emtl"]
+
+    def launcher() -> subprocess.Popen[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=ranker-loopback",
+            "--local-addr=127.0.0.1",
+            "-m",
+            "tests.training.distributed_worker",
+            str(tiny_log),
+            str(parallel),
+            str(batch),
+            *methods,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    nodes = [launcher(), launcher()]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=600)
+        assert node.returncode == 0, stderr[-3000:]
+    for method in methods:
+        single = tmp_path / "single" / method
+        config = load_config(None, ddp_overrides(tiny_log, single, batch, method))
+        data = prepare_data(config)
+        assert data.train.rows % batch == 1
+        Trainer(config, data, single, progress=False).fit()
+        _assert_same_run(single, parallel / method, method)
+        seeds = {int((parallel / method / f"seed_rank{r}.txt").read_text()) for r in (0, 1)}
+        assert seeds == {rank_seed(0, 0, 0), rank_seed(0, 0, 1)}  # one rank per node

@@ -5,8 +5,9 @@
 
 Two models (MMoE, 8 experts, towers [64], the simulator's features): the benchmark's, experts
 [256, 128], and the demo's, experts [128, 64]. Each is served by its own `python -m serving.server`
-(a single uvicorn worker, file experiment store, no Redis), once with the defaults and once with
-ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1); beside them a `floor
+(a single uvicorn worker, file experiment store, no Redis), once with the defaults, once with
+ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1) and once as its dynamic
+int8 graph (`ranker export --quantize int8`); beside them a `floor
 server` (the same request parsed and answered by FastAPI + orjson without a model) and a `naive
 peer` (FastAPI + pydantic + PyTorch eager, user features repeated per candidate, benchmark model).
 The load comes from `benchmarks.serving.loadgen` in another process. A model's floor is the floor
@@ -53,6 +54,7 @@ from ranker.scoring import DEFAULT_FORMULA
 from sim.simulate import SimulatorConfig, simulate
 from training.data import read_log
 from training.export import to_onnx
+from training.quantize import quantize_graph
 
 OFF = "ranker, features off"
 FLOOR = "floor server"
@@ -62,8 +64,16 @@ DEMO = "demo model"
 CONFIG = {"num_experts": 8, "expert_units": [256, 128], "tower_units": [64], "embedding_dim": 16}
 # The demo's model (`make demo`): the same features and towers with experts [128, 64].
 DEMO_CONFIG = {**CONFIG, "expert_units": [128, 64]}
-MODELS = {BENCH: CONFIG, DEMO: DEMO_CONFIG}
-REGISTRY_NAMES = {BENCH: "bench", DEMO: "demo"}
+# Each model also as its dynamic int8 graph (`ranker export --quantize int8`); random weights time
+# the same work as trained ones (the quality deltas: benchmarks/quantized.py, trained models).
+INT8 = ", int8"
+MODELS = {BENCH: CONFIG, DEMO: DEMO_CONFIG, BENCH + INT8: CONFIG, DEMO + INT8: DEMO_CONFIG}
+REGISTRY_NAMES = {
+    BENCH: "bench",
+    DEMO: "demo",
+    BENCH + INT8: "bench-int8",
+    DEMO + INT8: "demo-int8",
+}
 # ranker server -> (its model, settings beside the defaults). The spinning-on servers measure, in
 # the same rounds, ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1, off by
 # default) against what follows the run: the response write, the load generator's wake-up.
@@ -73,6 +83,8 @@ RANKERS: dict[str, tuple[str, dict[str, str]]] = {
     DEMO: (DEMO, {}),
     BENCH + SPIN: (BENCH, {"RANKER_ORT_SPINNING": "1"}),
     DEMO + SPIN: (DEMO, {"RANKER_ORT_SPINNING": "1"}),
+    BENCH + INT8: (BENCH + INT8, {}),
+    DEMO + INT8: (DEMO + INT8, {}),
 }
 # p50 / floor targets (issue 20) by model and candidate count.
 TARGETS = {(BENCH, 100): 1.3, (BENCH, 500): 1.15, (DEMO, 100): 1.5, (DEMO, 500): 1.3}
@@ -86,9 +98,10 @@ def free_port() -> int:
 
 
 def build_registry(
-    tmp: Path, config: dict[str, Any] | None = None, name: str = "ranker"
+    tmp: Path, config: dict[str, Any] | None = None, name: str = "ranker", int8: bool = False
 ) -> tuple[Path, pa.Table, Any]:
-    """Simulate a little data, build a model (default: the benchmark's), publish it as `name`;
+    """Simulate a little data, build a model (default: the benchmark's), publish it as `name`
+    (with `int8`: its dynamic int8 graph, as `ranker export --quantize int8` makes it);
     returns (version dir, log, spec)."""
     data = tmp / "data"
     if not any(data.glob("day=*")):  # a second model reuses the first one's log
@@ -101,10 +114,11 @@ def build_registry(
     torch.manual_seed(0)
     model = build_model("mmoe", spec, None, config or CONFIG).eval()
     example = FeatureEncoder(spec).encode({n: log.table[n].slice(0, 4) for n in spec.names}, 4)
+    graph = to_onnx(model, example, 18)
     manifest = publish(
         tmp / "models",
         name,
-        to_onnx(model, example, 18),
+        quantize_graph(graph, "dynamic") if int8 else graph,
         Publication(
             feature_spec=spec.to_dict(),
             tasks=[t.to_dict() for t in model.tasks],
@@ -413,7 +427,9 @@ def run_servers(
     naive peer, every count."""
     dirs: dict[str, Path] = {}
     for name, config in MODELS.items():
-        dirs[name], table, spec = build_registry(tmp, config, REGISTRY_NAMES[name])
+        dirs[name], table, spec = build_registry(
+            tmp, config, REGISTRY_NAMES[name], int8=name.endswith(INT8)
+        )
     ports = {name: free_port() for name in (*RANKERS, FLOOR, PEER)}
     servers = []
     for i, (name, (model, extra)) in enumerate(RANKERS.items()):
@@ -598,6 +614,7 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{r['p50']:.2f} / {r['p95']:.2f} / {r['p99']:.2f} ms | {r['p99'] / r['p50']:.2f} | "
                 f"**{r['ratio']:.2f}x** ({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}) | {verdict} |"
             )
+    lines += int8_table(results)
     if not args.quick:
         lines += [
             "",
@@ -637,6 +654,32 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
     if not args.quick:
         write_section("serving_rank", body)
     return body
+
+
+def int8_table(results: dict[int, dict[str, Any]]) -> list[str]:
+    """int8 vs fp32, same rounds: the bare ORT call and /rank, and whether the whole int8 service
+    answers faster than the fp32 model's bare call (issue 20's bar at 500 candidates)."""
+    lines = [
+        "",
+        "int8 (dynamic, `ranker export --quantize int8`) vs fp32, from the same rounds; the quality "
+        "deltas of int8 on trained models of both sizes are in the `quantized` section (AUC within "
+        "+-0.0002, RMSE within 0.02%, ranking NDCG@10 >= 0.993).",
+        "",
+        "| model | candidates | ORT call fp32 / int8 | int8 / fp32 | /rank p50 / p99 fp32 | /rank p50 / p99 int8 "
+        "| int8 /rank p50 / fp32 ORT call |",
+        "|---|---:|---|---:|---|---|---:|",
+    ]
+    for model in (BENCH, DEMO):
+        for n, row in results.items():
+            fp32, int8 = row[model], row[model + INT8]
+            below = int8["p50"] / fp32["ort_ms"]
+            lines.append(
+                f"| {model} | {n} | {fp32['ort_ms']:.2f} / {int8['ort_ms']:.2f} ms | "
+                f"{int8['ort_ms'] / fp32['ort_ms']:.2f} | {fp32['p50']:.2f} / {fp32['p99']:.2f} ms | "
+                f"{int8['p50']:.2f} / {int8['p99']:.2f} ms | **{below:.2f}**"
+                f"{' (below)' if below < 1 else ''} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

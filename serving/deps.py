@@ -1,4 +1,5 @@
-"""Shared request plumbing: the service, admin auth, body reading and JSON responses."""
+"""Shared request plumbing for routes: the service, admin auth and JSON responses (reading a
+body is serving/body.py, which needs no service)."""
 
 from __future__ import annotations
 
@@ -42,37 +43,6 @@ def require_admin(request: Request) -> None:
 
 
 AdminDep = Depends(require_admin)
-
-
-def require_json(request: Request) -> None:
-    """Refuse bodies declared as anything but JSON: a form or text/plain post is what a foreign web
-    page can send cross-site without a CORS preflight. No Content-Type at all is accepted."""
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        return
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, "content-type", f"expected application/json, got {media[:60]!r}")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes by Content-Length and by what actually arrives."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, "content-length", f"not an integer: {length!r}") from None
-        if declared > limit:
-            raise ApiError(413, "body", f"{declared} bytes; at most {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body", f"more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,8 +1,8 @@
 """Optional OpenTelemetry spans for POST /rank (`RANKER_OTEL=1`, `pip install 'ranker[otel]'`).
 
 Off, nothing here runs: the route checks `service.tracer is None` once and goes on unchanged. On,
-the route hands the request to `RankTracer.handle`, the same steps as the route with a
-perf_counter stamp between stages; after the response is sent, a background task turns the stamps
+the route hands the request and its after-response step to `RankTracer.handle`, the same steps as
+the route with a perf_counter stamp between stages; after the response is sent, a background task turns the stamps
 into spans with explicit start and end times, so exporting never delays the client. The spans:
 `POST /rank` (request id, variant, model version, candidates, status) with children `parse`
 (read and validate the body), `encode` (assignment and feature encoding), `ort` (ONNX Runtime),
@@ -15,7 +15,7 @@ start the service under `opentelemetry-instrument` (OTEL_* variables pick the ex
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -29,16 +29,19 @@ except ImportError:  # the `otel` extra is optional
     trace = None  # type: ignore[assignment]
 
 from serving import logs
-from serving.deps import read_body, require_json
+from serving.body import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.logs import REQUEST_ID
-from serving.ranking import rank
+from serving.ranking import RankResult, rank
 from serving.response import render
-from serving.routes.rank import after_response
 
 TRACER_NAME = "ranker.serving"
 # Child spans of a ranked request, each from one stamp to the next.
 STAGES = ("parse", "encode", "ort", "score", "render")
+# The route's work after a ranked response is sent: (service, result, model version, seconds).
+# Passed in by the route (serving.routes.rank.after_response), so this module never imports the
+# route: the service opens the tracer, and the route depends on the service.
+AfterResponse = Callable[[Any, RankResult, str, float], Awaitable[None]]
 
 
 class TracingUnavailable(RuntimeError):
@@ -61,8 +64,9 @@ class RankTracer:
     def __init__(self, tracer: Any) -> None:
         self.tracer = tracer
 
-    async def handle(self, request: Request) -> Response:
-        """POST /rank with stage stamps (serving.routes.rank.rank_endpoint, step for step)."""
+    async def handle(self, request: Request, after_response: AfterResponse) -> Response:
+        """POST /rank with stage stamps (serving.routes.rank.rank_endpoint, step for step);
+        `after_response` is the route's own step once the response is sent."""
         clock = time.perf_counter
         started = clock()
         service = request.app.state.service

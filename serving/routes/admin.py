@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from ranker.experiment_store import StaleVersionError, StoreError, parse_document
 from ranker.experiments import ExperimentError
-from serving.deps import AdminDep, ServiceDep, json_response, read_body, require_json
+from serving.body import read_body, require_json
+from serving.deps import AdminDep, ServiceDep, json_response
 from serving.errors import ApiError, split_field
 from serving.parsing import loads_object
 from serving.routes.rank import body_schema

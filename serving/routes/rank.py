@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import request_response
 
 from serving import logs
-from serving.deps import read_body, require_json
+from serving.body import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.logs import REQUEST_ID
 from serving.ranking import RankResult, rank
@@ -39,7 +39,7 @@ async def rank_endpoint(request: Request) -> Response:
     started = time.perf_counter()
     service: Service = request.app.state.service
     if service.tracer is not None:  # RANKER_OTEL=1: the same steps, with spans (serving.tracing)
-        return await service.tracer.handle(request)
+        return await service.tracer.handle(request, after_response)
     settings = service.settings
     variant = "-"
     request_id = None

@@ -8,7 +8,6 @@ the seed, so the same config always writes the same tables.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -16,42 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ranker.progress import progress_bar
 from ranker.schema import load_default_spec
 from ranker.table_sizing import CardinalityCounter, Sizing
+from sim.tables import LOG_SCHEMA, ORACLE_SCHEMA, tags_array, write_parquet
 from sim.world import TABS, SimulatorConfig, World
 
 __all__ = ["LOG_SCHEMA", "ORACLE_SCHEMA", "SimulationSummary", "SimulatorConfig", "World",
            "simulate", "simulate_day", "spec_sizing"]  # fmt: skip
-
-LOG_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.int64()),
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("ts", pa.int64()),
-        ("user_active_degree", pa.string()),
-        ("device", pa.string()),
-        ("follower_bucket", pa.int64()),
-        ("user_code_0", pa.int64()),
-        ("user_code_1", pa.int64()),
-        ("user_code_2", pa.int64()),
-        ("hour", pa.int64()),
-        ("tab", pa.int64()),
-        ("author_id", pa.int64()),
-        ("category", pa.int64()),
-        ("tags", pa.list_(pa.int64())),
-        ("duration", pa.float32()),
-        ("upload_age_days", pa.float32()),
-        ("click", pa.int8()),
-        ("watch_time", pa.float32()),
-    ]
-)
-ORACLE_SCHEMA = pa.schema(
-    [(name, pa.float32()) for name in ("oracle_click", "oracle_watch_time", "oracle_completion")]
-)
 
 
 @dataclass(frozen=True)
@@ -88,14 +60,6 @@ def _day_dates(config: SimulatorConfig) -> list[str]:
     return [(start + timedelta(days=day)).isoformat() for day in range(config.days)]
 
 
-def _tags_array(tags: np.ndarray) -> pa.ListArray:
-    """List array from a -1 padded (n, MAX_TAGS) matrix (padding is always at the end)."""
-    valid = tags >= 0
-    offsets = np.zeros(len(tags) + 1, dtype=np.int32)
-    np.cumsum(valid.sum(axis=1), out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(tags[valid]))
-
-
 def simulate_day(world: World, day: int) -> pa.Table:
     """One day of impressions, sorted by time; request ids are unique across days."""
     config = world.config
@@ -119,7 +83,7 @@ def simulate_day(world: World, day: int) -> pa.Table:
         "hour": hour,
         "tab": tab,
         **item_features,
-        "tags": _tags_array(item_features["tags"]),
+        "tags": tags_array(item_features["tags"]),
         "click": click,
         "watch_time": watch_time,
     }
@@ -154,14 +118,6 @@ def spec_sizing(config: SimulatorConfig) -> dict[str, Sizing]:
     return counter.sizing()
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    """Write atomically, so a reader never sees a half-written partition."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def simulate(config: SimulatorConfig, out_dir: Path, progress: bool = False) -> SimulationSummary:
     """Simulate `config.days` days of traffic and write one Parquet partition per day.
 
@@ -179,7 +135,7 @@ def simulate(config: SimulatorConfig, out_dir: Path, progress: bool = False) -> 
     for day in progress_bar(range(config.days), desc="simulate", unit="day", enabled=progress):
         table = simulate_day(world, day)
         path = out_dir / f"day={dates[day]}" / "part-0.parquet"
-        _write(table, path)
+        write_parquet(table, path)
         files.append(path)
         click = table["click"].to_numpy()
         watch = table["watch_time"].to_numpy().astype(np.float64)

@@ -45,7 +45,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from sim.simulate import LOG_SCHEMA, ORACLE_SCHEMA, _tags_array, _write
+from sim.tables import LOG_SCHEMA, ORACLE_SCHEMA, tags_array, write_parquet
 from sim.world import Expected, World
 
 MAX_REQUESTS = 1_000_000  # also the id stride: request i of a run is < 10**6
@@ -403,7 +403,7 @@ def log_table(world: World, served: list[Served]) -> pa.Table:
         "hour": per_row("hour"),
         "tab": per_row("tab"),
         **item_features,
-        "tags": _tags_array(item_features["tags"]),
+        "tags": tags_array(item_features["tags"]),
         "click": np.concatenate([s.click for s in served]),
         "watch_time": np.concatenate([s.watch_time for s in served]),
         "oracle_click": expected.p_click,
@@ -442,7 +442,7 @@ def run_traffic(world: World, config: TrafficConfig) -> TrafficSummary:
     if config.log_dir is not None and served:
         iso = (date.fromisoformat(world.config.start_date) + timedelta(days=day)).isoformat()
         files["log"] = Path(config.log_dir) / f"day={iso}" / f"part-traffic-{config.seed}.parquet"
-        _write(log_table(world, served), files["log"])
+        write_parquet(log_table(world, served), files["log"])
     ms = np.asarray(latencies) * 1000.0
     summary = TrafficSummary(
         sent=len(served) + sum(errors.values()),

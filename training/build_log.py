@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ranker.schema import FeatureSpec, load_default_spec
+from training.exit_codes import EXIT_OK
 from training.log_inputs import Event, Rejected, parse_event, read_jsonl, read_stream
 
 MS_PER_DAY = 86_400_000
@@ -368,7 +369,7 @@ def run_command(
     def once() -> int:
         summary = build_log(config)
         print("\n".join(summary.lines()), flush=True)
-        return 0
+        return EXIT_OK
 
     if schedule is None:
         return once()

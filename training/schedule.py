@@ -21,7 +21,7 @@ from types import FrameType
 from croniter import croniter
 
 from training.config import ConfigError
-from training.retrain.run import EXIT_LOCKED
+from training.exit_codes import EXIT_LOCKED
 
 log = logging.getLogger("ranker.retrain")
 

@@ -17,7 +17,7 @@ class Outcome:
 
     run_id: str
     started_at: str
-    # The command's exit code (training.retrain.run.EXIT_*).
+    # The command's exit code (training.exit_codes).
     exit_code: int
     decision: str = "failed"  # publish | keep | failed
     reason: str = ""

@@ -43,6 +43,7 @@ from ranker.schema import FeatureSpec
 from ranker.scoring import DEFAULT_FORMULA
 from training.config import ConfigError
 from training.data import EncodedData, encode_log, read_log
+from training.exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNREFERENCED, EXIT_USAGE
 from training.retrain.cleanup import begin_publish, cleanup, end_publish
 from training.retrain.config import RetrainConfig, RolloutConfig, candidate_config
 from training.retrain.gate import Decision, decide
@@ -52,11 +53,6 @@ from training.retrain.report import Outcome, render, write_report
 
 log = logging.getLogger("ranker.retrain")
 
-EXIT_OK = 0  # published and rolled out, or production kept (the gate did not pass)
-EXIT_FAILED = 1  # the run failed; registry and config untouched
-EXIT_USAGE = 2  # bad config, cron expression, logs, registry entry, or a failed export check
-EXIT_LOCKED = 4  # another run holds the lock
-EXIT_UNREFERENCED = 5  # published, but the experiment config could not be updated
 
 _RUN_ID = re.compile(r"\d{8}T\d{6}Z(-\d+)*")
 
@@ -433,7 +429,7 @@ def cleanup_command(config: RetrainConfig) -> int:
 
 
 def run_command(config: RetrainConfig) -> int:
-    """One run for the CLI: prints the report, returns the exit code (see EXIT_*)."""
+    """One run for the CLI: prints the report, returns the exit code (training.exit_codes)."""
     try:
         out = run_once(config)
     except LockedError as exc:

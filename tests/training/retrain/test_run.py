@@ -31,9 +31,10 @@ from sim.simulate import SimulatorConfig, simulate
 from tests.conftest import REDIS_URL
 from training.config import ConfigError
 from training.data import EncodedData
+from training.exit_codes import EXIT_LOCKED, EXIT_UNREFERENCED
 from training.retrain.config import ENV_KEYS, RetrainConfig, load_retrain_config
 from training.retrain.lock import FileLock, LockedError, LockLostError, RedisLock
-from training.retrain.run import EXIT_LOCKED, EXIT_UNREFERENCED, open_lock, open_store, run_once
+from training.retrain.run import open_lock, open_store, run_once
 from training.schedule import run_schedule
 from training.trainer import Trainer
 

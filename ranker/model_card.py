@@ -65,12 +65,21 @@ def _task_rows(task: str, scores: Mapping[str, Any], parent: Mapping[str, Any] |
 def render_card(manifest: Mapping[str, Any], parent: Mapping[str, Any] | None = None) -> str:
     """The card of a manifest (its to_dict()); `parent` is the replaced version's manifest dict,
     or None when there is none or it cannot be read (the card says which)."""
-    name, version = manifest["name"], manifest["version"]
-    window = manifest.get("data_window") or {}
-    metrics = manifest.get("metrics") or {}
-    tasks = manifest.get("tasks") or []
     lines = [
-        f"# Model card: {name} {version}",
+        *_header(manifest),
+        "## Offline metrics",
+        "",
+        _parent_line(manifest.get("parent"), parent),
+        *_metrics(manifest, parent),
+        *_tasks_and_use(manifest),
+    ]
+    return "\n".join(lines)
+
+
+def _header(manifest: Mapping[str, Any]) -> list[str]:
+    window = manifest.get("data_window") or {}
+    return [
+        f"# Model card: {manifest['name']} {manifest['version']}",
         "",
         f"Published {manifest.get('created_at')}; model `{manifest.get('model_kind')}`, "
         f"ONNX opset {manifest.get('opset')}, sha256 `{manifest.get('sha256')}`.",
@@ -79,59 +88,67 @@ def render_card(manifest: Mapping[str, Any], parent: Mapping[str, Any] | None = 
         "",
         *(f"- {split}: {_days(window.get(split) or [])}" for split in ("train", "valid", "test")),
         "",
-        "## Offline metrics",
-        "",
     ]
-    parent_ref = manifest.get("parent")
-    section = _section(metrics)
-    parent_section = _section((parent or {}).get("metrics") or {}) if parent else None
+
+
+def _parent_line(parent_ref: Any, parent: Mapping[str, Any] | None) -> str:
+    """What the figures compare with: no parent, an unreadable one, or its own test window."""
     if parent_ref is None:
-        lines.append("First model: no parent version to compare with.")
-    elif parent is None:
-        lines.append(f"Replaces `{parent_ref}`, whose manifest could not be read: no comparison.")
-    else:
-        parent_days = _days(((parent.get("data_window") or {}).get("test")) or [])
-        lines.append(
-            f"Replaces `{parent_ref}`; its figures are from its own manifest ("
-            f"{parent_section[0] if parent_section else 'no'} split, test days {parent_days}), "
-            "so they compare windows as well as models."
-        )
+        return "First model: no parent version to compare with."
+    if parent is None:
+        return f"Replaces `{parent_ref}`, whose manifest could not be read: no comparison."
+    parent_section = _section(parent.get("metrics") or {})
+    parent_days = _days(((parent.get("data_window") or {}).get("test")) or [])
+    return (
+        f"Replaces `{parent_ref}`; its figures are from its own manifest ("
+        f"{parent_section[0] if parent_section else 'no'} split, test days {parent_days}), "
+        "so they compare windows as well as models."
+    )
+
+
+def _metrics(manifest: Mapping[str, Any], parent: Mapping[str, Any] | None) -> list[str]:
+    """The metrics table against the parent's figures, then the calibration section."""
+    metrics = manifest.get("metrics") or {}
+    section = _section(metrics)
     if section is None:
-        lines += ["", "The manifest records no offline metrics."]
-    else:
-        split, scores = section
-        lines += [
-            "",
-            f"Split: {split}; best epoch {metrics.get('best_epoch', 'n/a')}. `oracle` is the "
-            "Bayes-optimal predictor (the log's true expectations, simulated logs only); "
-            "`captured` = (model - constant) / (oracle - constant).",
-            "",
-            "| task | metric | value | oracle | captured | parent | change |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        before = parent_section[1] if parent_section else {}
-        for task in [t["name"] for t in tasks]:
-            task_scores = scores.get(task)
-            if isinstance(task_scores, Mapping):
-                previous = before.get(task)
-                lines += _task_rows(
-                    task, task_scores, previous if isinstance(previous, Mapping) else None
-                )
-        lines += ["", "## Calibration", ""]
-        click = scores.get("click")
-        if isinstance(click, Mapping) and "calibration" in click:
-            lines.append(
-                f"click: mean prediction / observed rate = {_fmt(click['calibration'])} on the "
-                f"{split} split (1 is calibrated on average)"
-                + (
-                    f"; oracle {_fmt(click['oracle_calibration'])}."
-                    if "oracle_calibration" in click
-                    else "."
-                )
+        return ["", "The manifest records no offline metrics."]
+    split, scores = section
+    lines = [
+        "",
+        f"Split: {split}; best epoch {metrics.get('best_epoch', 'n/a')}. `oracle` is the "
+        "Bayes-optimal predictor (the log's true expectations, simulated logs only); "
+        "`captured` = (model - constant) / (oracle - constant).",
+        "",
+        "| task | metric | value | oracle | captured | parent | change |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    parent_section = _section((parent or {}).get("metrics") or {}) if parent else None
+    before = parent_section[1] if parent_section else {}
+    for task in [t["name"] for t in manifest.get("tasks") or []]:
+        task_scores = scores.get(task)
+        if isinstance(task_scores, Mapping):
+            previous = before.get(task)
+            lines += _task_rows(
+                task, task_scores, previous if isinstance(previous, Mapping) else None
             )
-        else:
-            lines.append("No probability task with a calibration figure.")
-    lines += [
+    return [*lines, "", "## Calibration", "", _calibration(split, scores.get("click"))]
+
+
+def _calibration(split: str, click: Any) -> str:
+    if not (isinstance(click, Mapping) and "calibration" in click):
+        return "No probability task with a calibration figure."
+    oracle = (
+        f"; oracle {_fmt(click['oracle_calibration'])}." if "oracle_calibration" in click else "."
+    )
+    return (
+        f"click: mean prediction / observed rate = {_fmt(click['calibration'])} on the "
+        f"{split} split (1 is calibrated on average)" + oracle
+    )
+
+
+def _tasks_and_use(manifest: Mapping[str, Any]) -> list[str]:
+    tasks = manifest.get("tasks") or []
+    return [
         "",
         "## Tasks and outputs",
         "",
@@ -154,4 +171,3 @@ def render_card(manifest: Mapping[str, Any], parent: Mapping[str, Any] | None = 
         "effects of showing an item.",
         "",
     ]
-    return "\n".join(lines)

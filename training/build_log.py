@@ -142,7 +142,19 @@ def _valid_record(doc: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass
+class _Served:
+    """The kept impression records and what they showed."""
+
+    records: list[dict[str, Any]]  # first record of each request id, in arrival order
+    shown: dict[tuple[str, str], Shown]  # (request id, item id) -> the served item
+    requests: set[str]  # the kept request ids
+    day_of: list[str]  # the day of each record
+
+
 def build_log(config: BuildConfig) -> BuildSummary:
+    """Join served impressions with outcome events into training days, in four steps: read the
+    records, pick the days to build, join the events, write the days and the run's report."""
     config.impressions.check("impressions")
     config.events.check("events")
     spec = config.spec or load_default_spec()
@@ -151,12 +163,23 @@ def build_log(config: BuildConfig) -> BuildSummary:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     counts: Counter[str] = Counter()
     rejects: list[Rejected] = []
+    out = Path(config.out)
 
-    # 1. Impression records, first of each request id kept; served items indexed by key.
+    served = _read_impressions(config.impressions, counts, rejects)
+    build, skipped = _days_to_build(config, out, served.day_of, now, window_ms)
+    _join_events(config.events, served, build, window_ms, counts, rejects)
+    days = _write_days(spec, out, served, build, run_id, counts)
+    summary = BuildSummary(run_id, dict(sorted(counts.items())), days, skipped)
+    _write_report(out / "_build-log", summary, rejects)
+    return summary
+
+
+def _read_impressions(source: Source, counts: Counter[str], rejects: list[Rejected]) -> _Served:
+    """1. Impression records, first of each request id kept; served items indexed by key."""
     records: list[dict[str, Any]] = []
     shown: dict[tuple[str, str], Shown] = {}
     requests: set[str] = set()
-    for _, doc in _records(config.impressions, "record", counts, "impressions", rejects):
+    for _, doc in _records(source, "record", counts, "impressions", rejects):
         why = _valid_record(doc)
         if why is not None:
             counts[f"impressions.skipped: {why}"] += 1
@@ -171,11 +194,14 @@ def build_log(config: BuildConfig) -> BuildSummary:
         for position, item in enumerate(doc["item_ids"]):
             shown.setdefault((request_id, str(item)), Shown(index, position))
     counts["impressions.records"] = len(records)
+    return _Served(records, shown, requests, [_day(r["ts"]) for r in records])
 
-    # 2. Which days to build.
-    out = Path(config.out)
-    day_of = [_day(r["ts"]) for r in records]
-    build: dict[str, bool] = {}  # day -> closed
+
+def _days_to_build(
+    config: BuildConfig, out: Path, day_of: list[str], now: float, window_ms: int
+) -> tuple[dict[str, bool], dict[str, str]]:
+    """2. Which days to build (day -> closed to late events), and why the others are not."""
+    build: dict[str, bool] = {}
     skipped: dict[str, str] = {}
     for day in sorted(set(day_of)):
         closed = now >= (np.datetime64(day, "D").astype(np.int64) + 1) * MS_PER_DAY + window_ms
@@ -189,10 +215,20 @@ def build_log(config: BuildConfig) -> BuildSummary:
             build[day] = True
         else:
             build[day] = bool(closed)
+    return build, skipped
 
-    # 3. Events, earliest first, joined to the served items.
+
+def _join_events(
+    source: Source,
+    served: _Served,
+    build: dict[str, bool],
+    window_ms: int,
+    counts: Counter[str],
+    rejects: list[Rejected],
+) -> None:
+    """3. Events, earliest first, joined to the served items (their click and watch set)."""
     events: list[tuple[str, Event]] = []
-    for where, doc in _records(config.events, "event", counts, "events", rejects):
+    for where, doc in _records(source, "event", counts, "events", rejects):
         parsed = parse_event(doc)
         if isinstance(parsed, str):
             counts[f"events.invalid: {parsed.split(':')[0]}"] += 1
@@ -202,15 +238,15 @@ def build_log(config: BuildConfig) -> BuildSummary:
     events.sort(key=lambda e: e[1].ts)
     seen: set[tuple[str, str, str]] = set()
     for where, event in events:
-        item = shown.get((event.request_id, event.item_id))
+        item = served.shown.get((event.request_id, event.item_id))
         reason = None
         if item is None:
-            reason = "unknown item" if event.request_id in requests else "unknown request"
-        elif day_of[item.record] not in build:
+            reason = "unknown item" if event.request_id in served.requests else "unknown request"
+        elif served.day_of[item.record] not in build:
             counts["events.for days not built in this run"] += 1
             continue
         else:
-            lag = event.ts - records[item.record]["ts"]
+            lag = event.ts - served.records[item.record]["ts"]
             if lag > window_ms:
                 reason = "late (beyond the window)"
             elif lag < -CLOCK_SKEW_MS:
@@ -230,36 +266,47 @@ def build_log(config: BuildConfig) -> BuildSummary:
         else:
             item.watch = event.seconds
     counts["events.watch without a click event (click implied)"] = sum(
-        1 for s in shown.values() if s.watch > 0 and not s.clicked_event
+        1 for s in served.shown.values() if s.watch > 0 and not s.clicked_event
     )
 
-    # 4. Rows per day, written atomically.
+
+def _write_days(
+    spec: FeatureSpec,
+    out: Path,
+    served: _Served,
+    build: dict[str, bool],
+    run_id: str,
+    counts: Counter[str],
+) -> dict[str, dict[str, Any]]:
+    """4. Rows per day, each day's part and manifest written atomically; day -> its manifest."""
     by_day: dict[str, list[int]] = defaultdict(list)
-    for index, day in enumerate(day_of):
+    for index, day in enumerate(served.day_of):
         if day in build:
             by_day[day].append(index)
     days: dict[str, dict[str, Any]] = {}
     for day, indices in sorted(by_day.items()):
-        table, info = _day_table(spec, [records[i] for i in indices], indices, shown, counts)
+        records = [served.records[i] for i in indices]
+        table, info = _day_table(spec, records, indices, served.shown, counts)
         part = out / f"day={day}" / PART
         _write_parquet(table, part)
         info["closed"] = build[day]
         info["built_at"] = run_id
         _write_bytes(part.with_name(MANIFEST), orjson.dumps(info, option=orjson.OPT_INDENT_2))
         days[day] = info
+    return days
 
-    summary = BuildSummary(run_id, dict(sorted(counts.items())), days, skipped)
-    report_dir = out / "_build-log"
+
+def _write_report(report_dir: Path, summary: BuildSummary, rejects: list[Rejected]) -> None:
+    """The run's report (and its rejected lines, if any), their paths added to the summary."""
     report_dir.mkdir(parents=True, exist_ok=True)
     if rejects:
-        rejected = report_dir / f"{run_id}-rejected.jsonl"
+        rejected = report_dir / f"{summary.run_id}-rejected.jsonl"
         _write_bytes(rejected, b"".join(
             orjson.dumps(r.__dict__, default=str) + b"\n" for r in rejects))  # fmt: skip
         summary.files["rejected"] = str(rejected)
-    report = report_dir / f"{run_id}.json"
+    report = report_dir / f"{summary.run_id}.json"
     summary.files["report"] = str(report)
     _write_bytes(report, orjson.dumps(summary.__dict__, option=orjson.OPT_INDENT_2))
-    return summary
 
 
 def _day_table(

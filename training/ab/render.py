@@ -60,11 +60,24 @@ def _metrics(report: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    control, variants = report["control"], report["variants"]
-    metrics = _metrics(report)
-    src = report["sources"]
+    """The report as Markdown, one section after another."""
+    found = warnings(report)
     lines = [
-        f"# A/B report: layer `{report['layer']}`, control `{control}`",
+        *_header(report),
+        *(["## Warnings", "", *(f"- {w}" for w in found), ""] if found else []),
+        *_sample_ratio(report["srm"]),
+        *_variants(report["variants"]),
+        *_metric_table(report),
+        *_lift_table(report),
+        *_join(report),
+    ]
+    return "\n".join(lines)
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    src = report["sources"]
+    return [
+        f"# A/B report: layer `{report['layer']}`, control `{report['control']}`",
         "",
         f"Impressions: `{src['impressions']}`; outcomes: `{src['outcomes']}`; "
         f"split: {report['srm']['split']}"
@@ -72,24 +85,28 @@ def markdown(report: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    found = warnings(report)
-    if found:
-        lines += ["## Warnings", "", *(f"- {w}" for w in found), ""]
-    srm = report["srm"]
-    lines += [
+
+
+def _sample_ratio(srm: dict[str, Any]) -> list[str]:
+    total = max(sum(srm["users"].values()), 1)
+    verdict = "**mismatch**" if srm["flagged"] else "ok"
+    return [
         "## Sample ratio",
         "",
         "| variant | users | observed share | expected share |",
         "| --- | ---: | ---: | ---: |",
-    ]
-    total = max(sum(srm["users"].values()), 1)
-    for arm, users in srm["users"].items():
-        lines.append(
+        *(
             f"| {arm} | {users} | {users / total:.4f} | {srm['expected_share'][arm]:.4f} |"
-        )
-    verdict = "**mismatch**" if srm["flagged"] else "ok"
-    lines += ["", f"Chi-square {srm['chi2']:.3g}, p = {srm['p_value']:.3g}: {verdict}.", ""]
-    lines += [
+            for arm, users in srm["users"].items()
+        ),
+        "",
+        f"Chi-square {srm['chi2']:.3g}, p = {srm['p_value']:.3g}: {verdict}.",
+        "",
+    ]
+
+
+def _variants(variants: dict[str, Any]) -> list[str]:
+    return [
         "## Variants",
         "",
         "| variant | users | requests | impressions | clicks |",
@@ -100,46 +117,59 @@ def markdown(report: dict[str, Any]) -> str:
             for arm, d in variants.items()
         ),
         "",
+    ]
+
+
+def _metric_table(report: dict[str, Any]) -> list[str]:
+    variants = report["variants"]
+    lines = [
         "## Metrics (95% CI)",
         "",
         "| metric | " + " | ".join(variants) + " |",
         "| --- |" + " ---: |" * len(variants),
     ]
-    for metric in metrics:
+    for metric in _metrics(report):
         cells = []
         for doc in variants.values():
             m = doc["metrics"][metric]
             cells.append(f"{_num(m['value'])} [{_num(m['ci'][0])}, {_num(m['ci'][1])}]")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    if report["lift"]:
-        arms = list(report["lift"])
-        lines += [
-            "",
-            f"## Relative lift vs `{control}` (95% CI, p-value)",
-            "",
-            "| metric | " + " | ".join(arms) + " |",
-            "| --- |" + " ---: |" * len(arms),
-        ]
-        for metric in metrics:
-            cells = []
-            for arm in arms:
-                e = report["lift"][arm][metric]
-                cells.append(
-                    f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}] "
-                    f"p={_num(e['p_value'])}"
-                )
-            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    j = report["join"]
-    lines += [
+    return lines
+
+
+def _lift_table(report: dict[str, Any]) -> list[str]:
+    if not report["lift"]:
+        return []
+    arms = list(report["lift"])
+    lines = [
+        "",
+        f"## Relative lift vs `{report['control']}` (95% CI, p-value)",
+        "",
+        "| metric | " + " | ".join(arms) + " |",
+        "| --- |" + " ---: |" * len(arms),
+    ]
+    for metric in _metrics(report):
+        cells = []
+        for arm in arms:
+            e = report["lift"][arm][metric]
+            cells.append(
+                f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}] "
+                f"p={_num(e['p_value'])}"
+            )
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _join(report: dict[str, Any]) -> list[str]:
+    return [
         "",
         "## Join on (request_id, item_id)",
         "",
-        *(f"- {key.replace('_', ' ')}: {value}" for key, value in j.items()),
+        *(f"- {key.replace('_', ' ')}: {value}" for key, value in report["join"].items()),
         "",
         f"Method: {report['method']}.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def plot_lift(report: dict[str, Any], path: Path) -> Path:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ranker.models.aux_heads import AuxConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,17 +70,6 @@ class BalancerConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
     # Where per-task gradients are taken: `representation` (cheap, MGDA-UB style) or `parameters`.
     gradients: str = "representation"
-
-
-@dataclass(frozen=True)
-class AuxSection:
-    # Self-auxiliary head form: none, linear, pool or bottleneck.
-    form: str = "none"
-    # Weight of the auxiliary loss.
-    gamma: float = 0.3
-    # Width of the bottleneck form / group size of the pool form.
-    bottleneck_units: int = 8
-    pool_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -148,7 +139,9 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
-    aux: AuxSection = field(default_factory=AuxSection)
+    # Self-auxiliary heads: the model library's own config (ranker.models.AuxConfig), so its
+    # fields and checks are written once; form `none` (the default here) trains without heads.
+    aux: AuxConfig = field(default_factory=lambda: AuxConfig(form="none"))
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoop = field(default_factory=TrainLoop)
     debias: DebiasConfig = field(default_factory=DebiasConfig)
@@ -169,8 +162,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-def build(cls: type, doc: Any, path: str = "") -> Any:
-    """Fill dataclass `cls` from a mapping, checking keys and types; errors name the key path."""
+def build(cls: type, doc: Any, path: str = "", base: Any = None) -> Any:
+    """Fill dataclass `cls` from a mapping, checking keys and types; errors name the key path.
+    `base`: the instance whose values the mapping overrides (a section's field default)."""
     where = path or "config"
     if doc is None:
         doc = {}
@@ -186,8 +180,26 @@ def build(cls: type, doc: Any, path: str = "") -> Any:
     for name in names:
         if name in doc:
             key = f"{path}.{name}" if path else name
-            values[name] = _convert(hints[name], doc[name], key)
-    return cls(**values)
+            if dataclasses.is_dataclass(hints[name]):
+                default = _section_default(cls, name)
+                values[name] = build(hints[name], doc[name], key, default)
+            else:
+                values[name] = _convert(hints[name], doc[name], key)
+    try:
+        if base is not None:  # a section fills in over its field's default, not its class's
+            return dataclasses.replace(base, **values)
+        return cls(**values)
+    except ValueError as exc:  # the dataclass's own checks (e.g. ranker.models.AuxConfig)
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _section_default(cls: type, name: str) -> Any:
+    """The default instance of dataclass field `name` of `cls`, when it is a section."""
+    spec = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if spec.default_factory is dataclasses.MISSING:
+        return None
+    default = spec.default_factory()
+    return default if dataclasses.is_dataclass(default) else None
 
 
 def _convert(kind: Any, value: Any, key: str) -> Any:
@@ -200,6 +212,10 @@ def _convert(kind: Any, value: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, Sequence):
             value = [value] if isinstance(value, str) else value
@@ -366,9 +382,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"balancer.gradients: must be 'representation' or 'parameters', got {config.balancer.gradients!r}"
         )
-    if config.aux.form not in ("none", "linear", "pool", "bottleneck"):
+    unknown_aux = sorted(set(config.aux.tasks or ()) - set(config.tasks.names))
+    if unknown_aux:
         raise ConfigError(
-            f"aux.form: must be one of none, linear, pool, bottleneck; got {config.aux.form!r}"
+            f"aux.tasks: unknown tasks {unknown_aux}; tasks: {list(config.tasks.names)}"
         )
     if config.debias.position not in ("none", "pal"):
         raise ConfigError(f"debias.position: must be none or pal, got {config.debias.position!r}")

@@ -35,7 +35,7 @@ from torch import Tensor
 from ranker.balancing import Balancer, build_balancer
 from ranker.balancing.gramian import gramian_on_representation
 from ranker.features import FeatureEncoder, fit_dense_stats
-from ranker.models import AuxConfig, MultiTaskModel, MultiTaskTrainingModel, build_model
+from ranker.models import MultiTaskModel, MultiTaskTrainingModel, build_model
 from ranker.models.inputs import use_sparse_gradients
 from ranker.models.position import POSITION_INPUT, AtServedPosition, PositionBias
 from ranker.schema import FeatureSpec, load_default_spec
@@ -111,14 +111,6 @@ def build_training(
         model = build_model(config.model.kind, spec, tasks, config.model.config)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    aux = None
-    if config.aux.form != "none":
-        aux = AuxConfig(
-            form=config.aux.form,  # type: ignore[arg-type]
-            gamma=config.aux.gamma,
-            pool_size=config.aux.pool_size,
-            bottleneck_units=config.aux.bottleneck_units,
-        )
     try:
         balancer = build_balancer(
             config.balancer.name,
@@ -131,7 +123,9 @@ def build_training(
     position = None
     if config.debias.position == "pal":
         position = PositionBias(config.debias.max_positions)
-    wrapper = MultiTaskTrainingModel(model, aux, config.optimizer.embedding_l2, position=position)
+    wrapper = MultiTaskTrainingModel(
+        model, config.aux, config.optimizer.embedding_l2, position=position
+    )
     return wrapper, balancer
 
 

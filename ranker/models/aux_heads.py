@@ -12,14 +12,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-AuxForm = Literal["linear", "pool", "bottleneck"]
+AuxForm = Literal["none", "linear", "pool", "bottleneck"]
+# The forms that build a head; "none" builds none (the training config's default, so that
+# `aux.form=none` switches the heads off and keeps the section).
 AUX_FORMS: tuple[str, ...] = ("linear", "pool", "bottleneck")
 
 
 @dataclass(frozen=True)
 class AuxConfig:
     # Head form: linear (one dense layer to the output), pool (average groups of pool_size units,
-    # then dense), bottleneck (dense of bottleneck_units, ReLU, then the output).
+    # then dense), bottleneck (dense of bottleneck_units, ReLU, then the output); none: no heads.
     form: AuxForm = "linear"
     # Weight of the auxiliary loss: task loss = L_main + gamma * L_aux (paper: tune 0.1-1).
     gamma: float = 0.3
@@ -31,8 +33,8 @@ class AuxConfig:
     tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.form not in AUX_FORMS:
-            raise ValueError(f"aux form must be one of {list(AUX_FORMS)}, got {self.form!r}")
+        if self.form not in ("none", *AUX_FORMS):
+            raise ValueError(f"aux form must be one of {['none', *AUX_FORMS]}, got {self.form!r}")
         if not self.gamma >= 0:
             raise ValueError(f"aux gamma must be >= 0, got {self.gamma}")
         if self.pool_size < 1 or self.bottleneck_units < 1:

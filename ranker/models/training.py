@@ -66,7 +66,8 @@ class MultiTaskTrainingModel(nn.Module):
         if not embedding_l2 >= 0:
             raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
         self.model = model
-        self.aux = aux
+        self.aux = None if aux is None or aux.form == "none" else aux
+        aux = self.aux
         self.embedding_l2 = embedding_l2
         self.position = position
         self.aux_heads = nn.ModuleDict()

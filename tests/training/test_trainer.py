@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cli.main import main
+from ranker.models import AuxConfig
 from tests.conftest import tiny_overrides
 from training.config import ConfigError, load_config
 from training.data import EncodedData
@@ -92,6 +93,8 @@ def test_resume_equals_uninterrupted(tiny_log: Path, tmp_path: Path, method: str
         ("balancer.gradients=both", "balancer.gradients"),
         ("optimizer.task_lr.clicks=0.1", "optimizer.task_lr.clicks"),
         ("aux.form=huge", "aux.form"),
+        ("aux.gamma=-1", "aux"),  # the model library's own check, under the section's key
+        ("aux.tasks=[dwell]", "aux.tasks"),
         ("data.paths=7", "data.paths"),
     ],
 )
@@ -99,6 +102,14 @@ def test_bad_config_names_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, ["balancer.name=emtl", override] if "rho_" in override else [override])
     assert str(info.value).startswith(key)
+
+
+def test_the_aux_section_is_the_model_librarys_config_filled_over_its_default() -> None:
+    assert load_config(None).aux == AuxConfig(form="none")
+    # A section fills in over the training default (no heads), not over AuxConfig's own default.
+    assert load_config(None, ["aux.gamma=0.5"]).aux == AuxConfig(form="none", gamma=0.5)
+    on = load_config(None, ["aux.form=pool", "aux.tasks=[click]"]).aux
+    assert on == AuxConfig(form="pool", tasks=("click",))
 
 
 def test_cli_reports_errors_without_traceback(

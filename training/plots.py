@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,30 +143,15 @@ def plot_pareto(
     near = [i for i, (px, _) in enumerate(points) if px <= min(p[0] for p in points) * (1 + zoom)]
     panels = 2 if 0 < len(near) < len(points) else 1
     fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.5), squeeze=False)
-    balancers = list(dict.fromkeys(str(e["balancer"]) for e in entries))
-    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(balancers)}
-    kinds = list(dict.fromkeys((str(e["model"]), str(e.get("objective") or "")) for e in entries))
-    shapes = dict(zip(kinds, "osD^vP*X", strict=False))
+    style = _ParetoStyle.of(entries)
     front = pareto_front(points)
     for ax, shown in zip(axes[0], [list(range(len(points))), near][:panels], strict=True):
+        zoomed = ax is not axes[0][0]
         for i in shown:
-            e = entries[i]
-            colour = colours[str(e["balancer"])]
-            ax.errorbar(
-                *points[i],
-                xerr=float(e.get(f"{x}.std", 0.0)),
-                yerr=float(e.get(f"{y}.std", 0.0)),
-                fmt=shapes.get((str(e["model"]), str(e.get("objective") or "")), "o"),
-                color=colour,
-                markerfacecolor="none" if e["aux"] == "none" else colour,
-                markersize=7,
-                elinewidth=0.8,
-                capsize=2,
-            )
-            if i in front or panels == 1 or ax is not axes[0][0]:
-                label = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
-                ax.annotate(label, points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
-        if ax is not axes[0][0]:
+            # Labels: every point in one panel; with a zoom, the front's outside it.
+            label = i in front or panels == 1 or zoomed
+            _draw_point(ax, entries[i], points[i], style, x, y, label)
+        if zoomed:
             _limit_to(ax, [points[i] for i in shown], [entries[i] for i in shown], x, y)
         ax.plot(
             [points[i][0] for i in front],
@@ -174,26 +160,10 @@ def plot_pareto(
             linewidth=1,
             drawstyle="steps-post",
         )
-        _references(ax, references, x, y, clip=ax is not axes[0][0])
+        _references(ax, references, x, y, clip=zoomed)
         ax.set_xlabel(f"{x} (test), lower is better")
         ax.set_ylabel(f"{y} (test), higher is better")
-    handles = [
-        plt.Line2D([], [], color=colours[b], marker="o", linestyle="", label=b) for b in balancers
-    ]
-    handles += [
-        plt.Line2D(
-            [],
-            [],
-            color="black",
-            marker=shapes[k],
-            markerfacecolor="none",
-            linestyle="",
-            label=" ".join(p for p in k if p),
-        )
-        for k in kinds
-    ]
-    handles.append(plt.Line2D([], [], color="black", linewidth=1, label="non-dominated front"))
-    axes[0][0].legend(handles=handles, fontsize=7, loc="best")
+    axes[0][0].legend(handles=style.legend(), fontsize=7, loc="best")
     axes[0][0].set_title(
         "mean over seeds per configuration, bars: std over seeds\n"
         "filled: self-aux heads; dashed/dotted: single-task models",
@@ -202,6 +172,78 @@ def plot_pareto(
     if panels == 2:
         axes[0][1].set_title(f"zoom: {x} within {zoom:.0%} of the best", fontsize=9)
     return _save(fig, out)
+
+
+@dataclass(frozen=True)
+class _ParetoStyle:
+    """A colour per balancer and a marker per (model, objective), in order of appearance."""
+
+    balancers: list[str]
+    colours: dict[str, Any]
+    kinds: list[tuple[str, str]]
+    shapes: dict[tuple[str, str], str]
+
+    @classmethod
+    def of(cls, entries: Sequence[Mapping[str, Any]]) -> _ParetoStyle:
+        balancers = list(dict.fromkeys(str(e["balancer"]) for e in entries))
+        kinds = list(dict.fromkeys(_kind(e) for e in entries))
+        return cls(
+            balancers,
+            {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(balancers)},
+            kinds,
+            dict(zip(kinds, "osD^vP*X", strict=False)),
+        )
+
+    def legend(self) -> list[Any]:
+        handles = [
+            plt.Line2D([], [], color=self.colours[b], marker="o", linestyle="", label=b)
+            for b in self.balancers
+        ]
+        handles += [
+            plt.Line2D(
+                [],
+                [],
+                color="black",
+                marker=self.shapes[k],
+                markerfacecolor="none",
+                linestyle="",
+                label=" ".join(p for p in k if p),
+            )
+            for k in self.kinds
+        ]
+        handles.append(plt.Line2D([], [], color="black", linewidth=1, label="non-dominated front"))
+        return handles
+
+
+def _kind(entry: Mapping[str, Any]) -> tuple[str, str]:
+    return str(entry["model"]), str(entry.get("objective") or "")
+
+
+def _draw_point(
+    ax: plt.Axes,
+    e: Mapping[str, Any],
+    point: tuple[float, float],
+    style: _ParetoStyle,
+    x: str,
+    y: str,
+    label: bool,
+) -> None:
+    """One configuration's mean with std bars (hollow without aux heads), labelled if `label`."""
+    colour = style.colours[str(e["balancer"])]
+    ax.errorbar(
+        *point,
+        xerr=float(e.get(f"{x}.std", 0.0)),
+        yerr=float(e.get(f"{y}.std", 0.0)),
+        fmt=style.shapes.get(_kind(e), "o"),
+        color=colour,
+        markerfacecolor="none" if e["aux"] == "none" else colour,
+        markersize=7,
+        elinewidth=0.8,
+        capsize=2,
+    )
+    if label:
+        text = f"{e['balancer']}{'+aux' if e['aux'] != 'none' else ''}"
+        ax.annotate(text, point, fontsize=6, xytext=(4, 4), textcoords="offset points")
 
 
 def _limit_to(

@@ -74,6 +74,11 @@ def _fmt(value: Any) -> str:
 
 def render(out: Outcome) -> str:
     """report.md: decision first, then candidate vs production side by side."""
+    lines = [*_summary(out), *_gate(out), *_all_metrics(out)]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(out: Outcome) -> list[str]:
     lines = [
         f"# Retraining run {out.run_id}: {out.decision}",
         "",
@@ -96,54 +101,68 @@ def render(out: Outcome) -> str:
         )
     lines.extend(f"- warning: {w}" for w in out.warnings)
     lines.extend(f"- cleanup: {c}" for c in out.cleanup)
-    if out.checks:
-        sample = out.gate_sample
-        level = f"{sample['confidence']:.0%} " if sample else ""
-        lines += [
-            "",
-            "## Gate",
-            "",
-            f"| metric | role | candidate | production | change | {level}interval | limit | pass |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for c in out.checks:
-            # Primary: absolute, in the metric's unit; guards: relative, in percent.
-            shown = "{:+.4g}" if c["role"] == "primary" else "{:+.2%}"
-            change = "-" if c["change"] is None else shown.format(c["change"])
-            interval = (
-                "-"
-                if c["low"] is None or c["high"] is None
-                else f"[{shown.format(c['low'])}, {shown.format(c['high'])}]"
-            )
-            limit = f"{c['limit']:g}" if c["role"] == "primary" else f"{c['limit']:.2%}"
-            lines.append(
-                f"| {c['metric']} | {c['role']} | {_fmt(c['candidate'])} | {_fmt(c['production'])} "
-                f"| {change} | {interval} | {limit} | {'yes' if c['passed'] else 'NO'} |"
-            )
-        lines.append("")
-        if sample:
-            lines.append(
-                f"Intervals: paired bootstrap over the gate day's {sample['requests']} requests "
-                f"({sample['rows']} rows), {sample['bootstrap']} resamples, two-sided "
-                f"{sample['confidence']:.0%}. "
-            )
+    return lines
+
+
+def _gate(out: Outcome) -> list[str]:
+    """The gate's checks, one row each, then how the intervals were drawn and read."""
+    if not out.checks:
+        return []
+    sample = out.gate_sample
+    level = f"{sample['confidence']:.0%} " if sample else ""
+    lines = [
+        "",
+        "## Gate",
+        "",
+        f"| metric | role | candidate | production | change | {level}interval | limit | pass |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_check_row(c) for c in out.checks),
+        "",
+    ]
+    if sample:
         lines.append(
-            "Primary change: absolute improvement in the metric's direction; it passes when the "
-            "interval's lower bound exceeds the limit. Guard change: relative degradation "
-            "(positive = worse); it refuses when the interval's lower bound exceeds the "
-            "tolerance (worse beyond it with confidence). The candidate is scored with its "
-            "PyTorch model (its export must match ONNX Runtime within 1e-4), production with its "
-            "published ONNX model through ONNX Runtime, as served, on the same rows."
+            f"Intervals: paired bootstrap over the gate day's {sample['requests']} requests "
+            f"({sample['rows']} rows), {sample['bootstrap']} resamples, two-sided "
+            f"{sample['confidence']:.0%}. "
         )
-    if out.candidate_metrics:
-        lines += ["", "## All metrics on the gate day", ""]
-        lines += ["| metric | candidate | production |", "|---|---|---|"]
-        prod = out.production_metrics or {}
-        for task, scores in out.candidate_metrics.items():
-            for name, value in scores.items():
-                if name.startswith(("oracle_", "gap_")):
-                    continue
-                key = "score" if task == "score" else f"{task}.{name}"
-                other = prod.get(task, {}).get(name)
-                lines.append(f"| {key} | {_fmt(value)} | {_fmt(other)} |")
-    return "\n".join(lines) + "\n"
+    lines.append(
+        "Primary change: absolute improvement in the metric's direction; it passes when the "
+        "interval's lower bound exceeds the limit. Guard change: relative degradation "
+        "(positive = worse); it refuses when the interval's lower bound exceeds the "
+        "tolerance (worse beyond it with confidence). The candidate is scored with its "
+        "PyTorch model (its export must match ONNX Runtime within 1e-4), production with its "
+        "published ONNX model through ONNX Runtime, as served, on the same rows."
+    )
+    return lines
+
+
+def _check_row(c: dict[str, Any]) -> str:
+    # Primary: absolute, in the metric's unit; guards: relative, in percent.
+    shown = "{:+.4g}" if c["role"] == "primary" else "{:+.2%}"
+    change = "-" if c["change"] is None else shown.format(c["change"])
+    interval = (
+        "-"
+        if c["low"] is None or c["high"] is None
+        else f"[{shown.format(c['low'])}, {shown.format(c['high'])}]"
+    )
+    limit = f"{c['limit']:g}" if c["role"] == "primary" else f"{c['limit']:.2%}"
+    return (
+        f"| {c['metric']} | {c['role']} | {_fmt(c['candidate'])} | {_fmt(c['production'])} "
+        f"| {change} | {interval} | {limit} | {'yes' if c['passed'] else 'NO'} |"
+    )
+
+
+def _all_metrics(out: Outcome) -> list[str]:
+    if not out.candidate_metrics:
+        return []
+    lines = ["", "## All metrics on the gate day", ""]
+    lines += ["| metric | candidate | production |", "|---|---|---|"]
+    prod = out.production_metrics or {}
+    for task, scores in out.candidate_metrics.items():
+        for name, value in scores.items():
+            if name.startswith(("oracle_", "gap_")):
+                continue
+            key = "score" if task == "score" else f"{task}.{name}"
+            other = prod.get(task, {}).get(name)
+            lines.append(f"| {key} | {_fmt(value)} | {_fmt(other)} |")
+    return lines

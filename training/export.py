@@ -61,19 +61,7 @@ def export_run(
     """
     run_dir = Path(run_dir)
     best = run_dir / BEST
-    if not best.is_file():
-        raise ExportError(f"{best}: not found; {run_dir} is not a finished training run")
-    metrics_file = run_dir / "metrics.json"
-    try:
-        run_metrics = json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{metrics_file}: cannot read the run's metrics: {exc}") from None
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    model = load_best(best)
-    # Auxiliary heads belong to the training wrapper; one here would be exported and served.
-    aux = [k for k in model.state_dict() if "aux" in k]
-    if aux:
-        raise ExportError(f"{best}: inference model holds auxiliary-head tensors {aux[:3]}")
+    state, run_metrics, model = _read_run(run_dir, best)
     spec = FeatureSpec.from_yaml(state["spec_yaml"], str(best))
     split = state["split"]
     days = list(split["test"] or split["valid"])
@@ -88,9 +76,57 @@ def export_run(
 
     model_bytes = to_onnx(model, {k: v[:2] for k, v in rows.inputs.items()}, opset)
     parity = check_parity(model_bytes, model, rows, tolerance)
+    exporter = {
+        "name": EXPORTER,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "parity_days": days,
+        "tolerance": tolerance,
+        **parity,
+    }
+    publication = _publication(model, spec, state, run_metrics, opset, parent, exporter)
+    manifest = publish(registry_root, name, model_bytes, publication)
+    if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
+        from training.tracking import log_export
+
+        version_dir = Path(registry_root) / name / manifest.version
+        log_export(run_dir, version_dir, [MODEL_FILE, MANIFEST_FILE, CARD_FILE])
+    return manifest
+
+
+def _read_run(run_dir: Path, best: Path) -> tuple[dict[str, Any], dict[str, Any], MultiTaskModel]:
+    """The best checkpoint's state, the run's metrics and the inference model, checked."""
+    if not best.is_file():
+        raise ExportError(f"{best}: not found; {run_dir} is not a finished training run")
+    metrics_file = run_dir / "metrics.json"
+    try:
+        run_metrics = json.loads(metrics_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{metrics_file}: cannot read the run's metrics: {exc}") from None
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    model = load_best(best)
+    # Auxiliary heads belong to the training wrapper; one here would be exported and served.
+    aux = [k for k in model.state_dict() if "aux" in k]
+    if aux:
+        raise ExportError(f"{best}: inference model holds auxiliary-head tensors {aux[:3]}")
+    return state, run_metrics, model
+
+
+def _publication(
+    model: MultiTaskModel,
+    spec: FeatureSpec,
+    state: dict[str, Any],
+    run_metrics: dict[str, Any],
+    opset: int,
+    parent: str | None,
+    exporter: dict[str, Any],
+) -> Publication:
+    """What the exporter says about the model (the registry adds name, version, time, sha256)."""
     encoder = FeatureEncoder(spec)
     hparams = model.hparams()
-    publication = Publication(
+    split = state["split"]
+    return Publication(
         feature_spec=spec.to_dict(),
         tasks=hparams["tasks"],
         inputs={g: encoder.input_names(g) for g in ("user", "item")},
@@ -105,23 +141,8 @@ def export_run(
         parent=parent,
         model_kind=hparams["kind"],
         hparams=hparams,
-        exporter={
-            "name": EXPORTER,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "parity_days": days,
-            "tolerance": tolerance,
-            **parity,
-        },
+        exporter=exporter,
     )
-    manifest = publish(registry_root, name, model_bytes, publication)
-    if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
-        from training.tracking import log_export
-
-        version_dir = Path(registry_root) / name / manifest.version
-        log_export(run_dir, version_dir, [MODEL_FILE, MANIFEST_FILE, CARD_FILE])
-    return manifest
 
 
 def held_out_rows(

@@ -27,7 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from serving.impressions import ImpressionLog
-from serving.state import StateManager
+from serving.state import ServingState, StateManager
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -131,8 +131,14 @@ class StateCollector(Collector):
         self.impressions = impressions
 
     def collect(self) -> Iterator[Metric]:
+        state = self.manager.state  # read once: one scrape describes one state
+        yield from self._state(state)
+        yield self._models(state)
+        yield from self._impressions()
+
+    def _state(self, state: ServingState | None) -> Iterator[Metric]:
+        """Readiness, the served config and the experiment store's health."""
         manager = self.manager
-        state = manager.state
         status = manager.status
         yield GaugeMetricFamily(
             "ranker_ready", "1 when a warmed state is serving", value=float(state is not None)
@@ -162,6 +168,8 @@ class StateCollector(Collector):
             "1 when the last config or model offered was refused (current state kept)",
             value=float(status.rejected is not None),
         )
+
+    def _models(self, state: ServingState | None) -> Metric:
         info = InfoMetricFamily(
             "ranker_model",
             "models served, with the ONNX Runtime provider each actually runs on",
@@ -179,7 +187,9 @@ class StateCollector(Collector):
                 ),
                 {},
             )
-        yield info
+        return info
+
+    def _impressions(self) -> Iterator[Metric]:
         log = self.impressions
         outcomes = CounterMetricFamily(
             "ranker_impressions",

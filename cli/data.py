@@ -107,6 +107,13 @@ def _build_log(args: argparse.Namespace) -> int:
 
 
 def register(add: AddCommand) -> None:
+    """The data commands, one declaration each."""
+    for declare in (_simulate_cmd, _simulate_traffic_cmd, _import_kuairand_cmd, _summary_cmd,
+                    _build_log_cmd):  # fmt: skip
+        declare(add)
+
+
+def _simulate_cmd(add: AddCommand) -> None:
     sim = add("simulate", _simulate, "write simulated impression logs with known ground truth")
     sim.add_argument("--out", required=True, help="output directory (Parquet partitioned by day)")
     _add_world_args(sim)
@@ -117,6 +124,8 @@ def register(add: AddCommand) -> None:
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _simulate_traffic_cmd(add: AddCommand) -> None:
     st = add(
         "simulate-traffic",
         _simulate_traffic,
@@ -141,6 +150,8 @@ def register(add: AddCommand) -> None:
     st.add_argument("--events-stream", default="ranker:events", help="that stream's key")
     _add_world_args(st, "the world of the simulated logs: give the same values as to `simulate`")
 
+
+def _import_kuairand_cmd(add: AddCommand) -> None:
     kr = add(
         "import-kuairand", _import_kuairand, "convert KuaiRand CSV logs to impression-log Parquet"
     )
@@ -151,6 +162,8 @@ def register(add: AddCommand) -> None:
     )
     kr.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _summary_cmd(add: AddCommand) -> None:
     sm = add("summary", _summary, "validate an impression log and print a summary")
     sm.add_argument("data", nargs="+", help="log directories or files (.parquet, .csv)")
     sm.add_argument(
@@ -161,6 +174,8 @@ def register(add: AddCommand) -> None:
         "--drop-invalid", action="store_true", help="drop and count bad rows instead of failing"
     )
 
+
+def _build_log_cmd(add: AddCommand) -> None:
     bl = add(
         "build-log",
         _build_log,

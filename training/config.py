@@ -2,6 +2,10 @@
 
 Every error names the key path (`train.batch_size`, `model.config.num_experts`) and, for unknown
 keys, lists the valid ones. Model and balancer fields are checked against their own builders.
+
+Over 400 lines on purpose: the sections (with a comment per field, which `ranker config schema`
+turns into descriptions), the generic loader that fills them and the checks are one contract,
+read together when a field is added.
 """
 
 from __future__ import annotations
@@ -342,73 +346,93 @@ def _fields(cls: type) -> list[str]:
 
 
 def validate(config: TrainConfig) -> None:
-    """Checks that need the model, task and balancer registries (before any data is read)."""
-    from ranker.balancing import BALANCERS, balancer_params
-    from ranker.models import MODELS
-
-    kind = config.model.kind
-    if kind not in MODELS:
-        raise ConfigError(f"model.kind: unknown model {kind!r}; valid: {sorted(MODELS)}")
-    valid_fields = [f.name for f in dataclasses.fields(MODELS[kind].config_class)]
-    for name in config.model.config:
-        if name not in valid_fields:
-            raise ConfigError(f"model.config.{name}: unknown {kind} field; valid: {valid_fields}")
-    method = config.balancer.name
-    if method not in BALANCERS:
-        raise ConfigError(f"balancer.name: unknown balancer {method!r}; valid: {list(BALANCERS)}")
-    for name in config.balancer.params:
-        if name not in balancer_params(method):
-            raise ConfigError(
-                f"balancer.params.{name}: unknown parameter of {method!r}; valid: {balancer_params(method)}"
-            )
-    loop = config.train
-    for key, value in (("train.epochs", loop.epochs), ("train.batch_size", loop.batch_size)):
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    if config.optimizer.embedding_l2 < 0:
-        raise ConfigError(
-            f"optimizer.embedding_l2: must be >= 0, got {config.optimizer.embedding_l2}"
-        )
-    if config.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr: must be > 0, got {config.optimizer.lr}")
-    for task, lr in config.optimizer.task_lr.items():
-        if task not in config.tasks.names:
-            raise ConfigError(
-                f"optimizer.task_lr.{task}: unknown task; tasks: {list(config.tasks.names)}"
-            )
-        if lr <= 0:
-            raise ConfigError(f"optimizer.task_lr.{task}: must be > 0, got {lr}")
-    if config.balancer.gradients not in ("representation", "parameters"):
-        raise ConfigError(
-            f"balancer.gradients: must be 'representation' or 'parameters', got {config.balancer.gradients!r}"
-        )
+    """Checks that need the model, task and balancer registries (before any data is read);
+    one function per section, the first error raised names its key."""
+    _check_model(config.model)
+    _check_balancer(config.balancer)
+    _check_optimizer(config.optimizer, config.tasks.names)
     unknown_aux = sorted(set(config.aux.tasks or ()) - set(config.tasks.names))
     if unknown_aux:
         raise ConfigError(
             f"aux.tasks: unknown tasks {unknown_aux}; tasks: {list(config.tasks.names)}"
         )
-    if config.debias.position not in ("none", "pal"):
-        raise ConfigError(f"debias.position: must be none or pal, got {config.debias.position!r}")
-    if config.debias.position != "none" and config.data.stream:
-        raise ConfigError("debias.position: the streaming path (data.stream) reads no positions")
-    if config.debias.lr <= 0:
-        raise ConfigError(f"debias.lr: must be > 0, got {config.debias.lr}")
-    if config.debias.max_positions < 2:
-        raise ConfigError(f"debias.max_positions: must be >= 2, got {config.debias.max_positions}")
-    if config.train.precision not in ("float32", "bfloat16"):
+    _check_debias(config.debias, config.data)
+    _check_loop(config.train, config.tasks.names)
+    _check_data(config.data)
+
+
+def _check_model(model: ModelSection) -> None:
+    from ranker.models import MODELS
+
+    if model.kind not in MODELS:
+        raise ConfigError(f"model.kind: unknown model {model.kind!r}; valid: {sorted(MODELS)}")
+    valid_fields = [f.name for f in dataclasses.fields(MODELS[model.kind].config_class)]
+    for name in model.config:
+        if name not in valid_fields:
+            raise ConfigError(
+                f"model.config.{name}: unknown {model.kind} field; valid: {valid_fields}"
+            )
+
+
+def _check_balancer(balancer: BalancerConfig) -> None:
+    from ranker.balancing import BALANCERS, balancer_params
+
+    method = balancer.name
+    if method not in BALANCERS:
+        raise ConfigError(f"balancer.name: unknown balancer {method!r}; valid: {list(BALANCERS)}")
+    for name in balancer.params:
+        if name not in balancer_params(method):
+            raise ConfigError(
+                f"balancer.params.{name}: unknown parameter of {method!r}; valid: {balancer_params(method)}"
+            )
+    if balancer.gradients not in ("representation", "parameters"):
         raise ConfigError(
-            f"train.precision: must be 'float32' or 'bfloat16', got {config.train.precision!r}"
+            f"balancer.gradients: must be 'representation' or 'parameters', got {balancer.gradients!r}"
         )
-    if config.data.shuffle_buffer_rows < 1:
+
+
+def _check_optimizer(optimizer: OptimizerConfig, tasks: Sequence[str]) -> None:
+    if optimizer.embedding_l2 < 0:
+        raise ConfigError(f"optimizer.embedding_l2: must be >= 0, got {optimizer.embedding_l2}")
+    if optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr: must be > 0, got {optimizer.lr}")
+    for task, lr in optimizer.task_lr.items():
+        if task not in tasks:
+            raise ConfigError(f"optimizer.task_lr.{task}: unknown task; tasks: {list(tasks)}")
+        if lr <= 0:
+            raise ConfigError(f"optimizer.task_lr.{task}: must be > 0, got {lr}")
+
+
+def _check_debias(debias: DebiasConfig, data: DataConfig) -> None:
+    if debias.position not in ("none", "pal"):
+        raise ConfigError(f"debias.position: must be none or pal, got {debias.position!r}")
+    if debias.position != "none" and data.stream:
+        raise ConfigError("debias.position: the streaming path (data.stream) reads no positions")
+    if debias.lr <= 0:
+        raise ConfigError(f"debias.lr: must be > 0, got {debias.lr}")
+    if debias.max_positions < 2:
+        raise ConfigError(f"debias.max_positions: must be >= 2, got {debias.max_positions}")
+
+
+def _check_loop(loop: TrainLoop, tasks: Sequence[str]) -> None:
+    for key, value in (("train.epochs", loop.epochs), ("train.batch_size", loop.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if loop.precision not in ("float32", "bfloat16"):
         raise ConfigError(
-            f"data.shuffle_buffer_rows: must be >= 1, got {config.data.shuffle_buffer_rows}"
+            f"train.precision: must be 'float32' or 'bfloat16', got {loop.precision!r}"
         )
     from training.evaluate import metric_keys
 
-    keys = metric_keys(config.tasks.names)
+    keys = metric_keys(tasks)
     if loop.early_stopping not in keys:
         raise ConfigError(
             f"train.early_stopping: unknown metric {loop.early_stopping!r}; valid: {keys}"
         )
-    if config.data.valid_days < 1 or config.data.test_days < 0:
+
+
+def _check_data(data: DataConfig) -> None:
+    if data.shuffle_buffer_rows < 1:
+        raise ConfigError(f"data.shuffle_buffer_rows: must be >= 1, got {data.shuffle_buffer_rows}")
+    if data.valid_days < 1 or data.test_days < 0:
         raise ConfigError("data.valid_days must be >= 1 and data.test_days >= 0")

@@ -39,12 +39,14 @@ SMALL_MODEL = [
 ]
 
 
-def write_log(rows: int, out: Path) -> int:
+def write_log(rows: int, out: Path) -> tuple[int, float]:
+    """The simulated log's rows and the seconds writing it took."""
     per_day = max(1, rows // (DAYS * IMPRESSIONS_PER_REQUEST))
     config = SimulatorConfig(
         users=20_000, items=50_000, authors=5_000, days=DAYS, requests_per_day=per_day
     )
-    return simulate(config, out).rows
+    summary = simulate(config, out)
+    return summary.rows, summary.seconds
 
 
 def train_peak_rss(log: Path, run_dir: Path, stream: bool, buffer: int) -> dict[str, float]:
@@ -83,41 +85,49 @@ def main() -> None:
     parser.add_argument("--buffer", type=int, default=262_144)
     args = parser.parse_args()
     lines = [
-        "| log rows | path | peak RSS MB | training rows | seconds |",
-        "|---:|---|---:|---:|---:|",
+        "| log rows | rows per row group | path | peak RSS MB | ratio to the first | "
+        "training rows | simulate s | train s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+    first: float | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for target in [int(r) for r in args.rows]:
             log = Path(tmp) / f"log{target}"
-            rows = write_log(target, log)
+            rows, simulated = write_log(target, log)
             paths = [True] + ([False] if target <= args.memory_up_to else [])
             for stream in paths:
                 run = Path(tmp) / f"run{target}{stream}"
                 result = train_peak_rss(log, run, stream, args.buffer)
+                first = first or result["peak_mb"]
                 name = f"streaming (buffer {args.buffer:,})" if stream else "in memory"
                 line = (
-                    f"| {rows:,} | {name} | {result['peak_mb']:,.0f} | "
-                    f"{result['train_rows']:,} | {result['seconds']:.0f} |"
+                    f"| {rows:,} | {rows // DAYS:,} | {name} | {result['peak_mb']:,.0f} | "
+                    f"{result['peak_mb'] / first:.3f} | {result['train_rows']:,} | "
+                    f"{simulated:.0f} | {result['seconds']:.0f} |"
                 )
                 print(line, flush=True)
                 lines.append(line)
+                write_section("stream_rss", _body(args, lines))  # each size as it finishes
             for part in log.rglob("*.parquet"):
                 part.unlink()
-    body = "\n".join(
+    print(_body(args, lines))
+
+
+def _body(args: argparse.Namespace, lines: list[str]) -> str:
+    return "\n".join(
         [
             "## Training memory as the log grows: streaming vs in memory",
             "",
-            f"`python -m benchmarks.stream_rss --rows {' '.join(f'{r:g}' for r in args.rows)}`: "
-            f"simulated logs of {DAYS} days (Parquet, a file per day), `ranker train` for one "
-            "whole epoch in a child process with a small MMoE (2 experts [16], 4-dim "
-            "embeddings, batch 8192), validation and test days evaluated; peak resident set "
-            f"size of the child (`wait4`); {machine()}.",
+            f"`python -m benchmarks.stream_rss --rows {' '.join(f'{r:g}' for r in args.rows)} "
+            f"--memory-up-to {args.memory_up_to:g}`: simulated logs of {DAYS} days (Parquet, a "
+            "file per day, one row group per file), `ranker train` for one whole epoch in a "
+            "child process with a small MMoE (2 experts [16], 4-dim embeddings, batch 8192), "
+            "validation and test days evaluated; peak resident set size of the child (`wait4`), "
+            f"ratio to the first run; {machine()}.",
             "",
             *lines,
         ]
     )
-    print(body)
-    write_section("stream_rss", body)
 
 
 if __name__ == "__main__":

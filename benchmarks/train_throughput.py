@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,7 +53,6 @@ MODEL = [
     "model.config.expert_units=[256, 128]",
     "model.config.tower_units=[64]",
     "model.config.embedding_dim=16",
-    "optimizer.lr=0.001",
     "balancer.name=ew",
     "aux.form=none",
     "tasks.losses={watch_time: log_mse}",
@@ -99,18 +98,28 @@ def run_ranker(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_rechub(config: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
+def run_rechub(config: TrainConfig, run_dir: Path, epochs: int, patience: int) -> dict[str, Any]:
+    """torch-rechub's MTLTrainer at our learning rate; with `patience`, early stopping on the
+    validation click AUC (its task 0), as ranker's run then stops."""
     from torch_rechub.trainers import MTLTrainer
     from torch_rechub.utils.data import DataGenerator
 
     class TimedMTLTrainer(MTLTrainer):  # type: ignore[misc]
         epoch_seconds = 0.0
+        epochs_run = 0
+        valid_auc: ClassVar[list[float]] = []  # the class is made per call: one list per run
 
         def train_one_epoch(self, data_loader):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
             out = super().train_one_epoch(data_loader)
             self.epoch_seconds += time.perf_counter() - started
+            self.epochs_run += 1
             return out
+
+        def evaluate(self, model, data_loader):  # type: ignore[no-untyped-def]
+            scores = super().evaluate(model, data_loader)
+            self.valid_auc.append(scores[0])  # fit() evaluates the validation set once an epoch
+            return scores
 
     started = time.perf_counter()
     data = prepare_data(config)
@@ -126,9 +135,9 @@ def run_rechub(config: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any
     trainer = TimedMTLTrainer(
         model,
         ["classification", "regression", "regression"],
-        optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
+        optimizer_params={"lr": config.optimizer.lr, "weight_decay": 0.0},
         n_epoch=epochs,
-        earlystop_patience=epochs + 1,
+        earlystop_patience=patience if patience > 0 else epochs + 1,
         model_path=str(run_dir),
     )
     trainer.fit(loaders[0], loaders[1])
@@ -140,9 +149,9 @@ def run_rechub(config: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any
         "prepare_s": prepared - started,
         "e2e_s": ended - started,
         "epoch_s": trainer.epoch_seconds,
-        "samples": data.train.rows * epochs,
-        "epochs": epochs,
-        "best_epoch": None,
+        "samples": data.train.rows * trainer.epochs_run,
+        "epochs": trainer.epochs_run,
+        "best_epoch": int(np.argmax(trainer.valid_auc)) + 1,  # EarlyStopper keeps the first best
         "test": evaluate_predictions(_rechub_predict(model, data.spec, data.test), data.test),
         "checkpoint_mb": None,
     }
@@ -190,7 +199,7 @@ def run_rechub_manual(config: TrainConfig, epochs: int) -> dict[str, Any]:
     prepared = time.perf_counter()
     assert data.test is not None
     model = rechub_model(data.spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
     epoch_s, best_auc, best_state = 0.0, -1.0, None
     for epoch in range(epochs):
         epoch_started = time.perf_counter()
@@ -264,7 +273,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--requests", type=int, default=2460, help="requests per day")
-    parser.add_argument("--before-steps", type=int, default=30)
+    parser.add_argument(
+        "--before-steps", type=int, default=30, help="steps of the pre-issue-16 setup (0: skip)"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's rate, for every run")
+    parser.add_argument(
+        "--patience", type=int, default=0,
+        help="early stopping on validation click AUC after this many stale epochs (0: none)",
+    )  # fmt: skip
     parser.add_argument(
         "--precisions", nargs="+", default=["float32", "bfloat16"],
         help="train.precision of the ranker runs",
@@ -297,7 +313,9 @@ def main() -> None:
             "data.test_days=3",
             f"train.batch_size={args.batch}",
             f"train.epochs={args.epochs}",
-            "train.patience=0",
+            f"train.patience={args.patience}",
+            "train.early_stopping=click.auc",
+            f"optimizer.lr={args.lr}",
             f"train.threads={args.threads or 'null'}",
             *MODEL,
         ]
@@ -309,13 +327,13 @@ def main() -> None:
                 results.append(run_ranker(load_config(None, overrides), run_dir))
             config = load_config(None, [*base, f"out={root / 'rechub'}"])
             (root / f"rechub{round_}").mkdir()
-            results.append(run_rechub(config, root / f"rechub{round_}", args.epochs))
+            results.append(run_rechub(config, root / f"rechub{round_}", args.epochs, args.patience))
             if args.manual:
                 results.append(run_rechub_manual(config, args.epochs))
             peer = next(r for r in results[::-1] if "MTLTrainer" in r["name"])
             for r in results[-(len(args.precisions) + 1 + args.manual) :]:
                 print(_row(r, peer["samples"] / peer["e2e_s"]), flush=True)
-        before = before_issue_16(base, root, args.before_steps)
+        before = before_issue_16(base, root, args.before_steps) if args.before_steps else None
         body = _report(args, log_rows, import_s, results, before)
     print(body)
     write_section("train_throughput", body)
@@ -327,6 +345,7 @@ def _row(r: dict[str, Any], peer_rate: float) -> str:
     test = r["test"]
     return (
         f"| {r['name']} | {e2e:,.0f} | {e2e / peer_rate:.2f}x | {epochs:,.0f} | "
+        f"{r['epochs']} ({r['best_epoch'] or '-'}) | "
         f"{r['prepare_s']:.1f} | {r['e2e_s']:.0f} | {test['click']['auc']:.4f} | "
         f"{test['click']['logloss']:.4f} | {test['watch_time']['rmse']:.2f} | "
         f"{test['completion']['rmse']:.4f} |"
@@ -338,7 +357,7 @@ def _report(
     log_rows: int,
     import_s: float,
     results: list[dict[str, Any]],
-    before: dict[str, float],
+    before: dict[str, float] | None,
 ) -> str:
     ours = [r for r in results if r["name"].startswith("ranker")]
     peer = [r for r in results if "MTLTrainer" in r["name"]]
@@ -359,9 +378,9 @@ def _report(
     ]
     rows = [
         "| run | samples/s end to end | vs torch-rechub | samples/s in training epochs | "
-        "read + encode s | end to end s | test click AUC | test click logloss | "
+        "epochs run (best) | read + encode s | end to end s | test click AUC | test click logloss | "
         "test watch RMSE s | test completion RMSE |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_row(r, peer_rate) for r in results),
     ]
     train_rows = ours[0]["samples"] // ours[0]["epochs"]
@@ -370,13 +389,22 @@ def _report(
             "## Training end to end on a KuaiRand-layout import: ranker vs torch-rechub",
             "",
             f"`python -m benchmarks.train_throughput --epochs {args.epochs} --rounds {args.rounds} "
-            f"--requests {args.requests}"
+            f"--requests {args.requests} --lr {args.lr:g} --patience {args.patience}"
             + (f" --threads {args.threads}" if args.threads else "")
+            + ("" if args.manual else " --no-manual")
+            + f" --before-steps {args.before_steps}"
             + f"`: a simulated world of {args.users:,} users and "
             f"{args.items:,} videos over {args.days} days written as KuaiRand CSVs ({log_rows:,} "
             f"impressions), imported in {import_s:.1f} s with tables sized to the data; "
-            f"{train_rows:,} training rows (3 test days, 1 validation day), {args.epochs} epochs, "
-            f"batch {args.batch}, MMoE 8 x [256, 128], towers [64], 16-dim embeddings, Adam 1e-3, "
+            f"{train_rows:,} training rows (3 test days, 1 validation day), "
+            + (
+                f"up to {args.epochs} epochs, early stopping on validation click AUC after "
+                f"{args.patience} stale epoch(s) for both, "
+                if args.patience
+                else f"{args.epochs} epochs, "
+            )
+            + f"batch {args.batch}, MMoE 8 x [256, 128], towers [64], 16-dim embeddings, "
+            f"Adam {args.lr:g} for both, "
             f"equal weights; torch threads: {torch.get_num_threads()}; {machine()}. End to end = "
             "reading the import to the end of the last epoch's validation (ranker's checkpoints "
             "included); torch-rechub is given our vectorised read and encode (the same buckets, "
@@ -388,10 +416,15 @@ def _report(
             "",
             "End to end: "
             + "; ".join(ratios)
-            + f". Checkpoint: {ours[0]['checkpoint_mb']:.1f} MB now; before issue 16 (dense Adam, "
-            f"tables sized for KuaiRand-27K, {before['params'] / 1e6:.1f}M parameters) "
-            f"{before['checkpoint_mb']:.0f} MB and {before['samples_per_s']:,.0f} samples/s "
-            f"over {args.before_steps} training steps (step rate only, same session).",
+            + f". Checkpoint: {ours[0]['checkpoint_mb']:.1f} MB now"
+            + (
+                f"; before issue 16 (dense Adam, tables sized for KuaiRand-27K, "
+                f"{before['params'] / 1e6:.1f}M parameters) {before['checkpoint_mb']:.0f} MB and "
+                f"{before['samples_per_s']:,.0f} samples/s over {args.before_steps} training "
+                "steps (step rate only, same session)."
+                if before
+                else "."
+            ),
         ]
     )
 

@@ -33,7 +33,8 @@ from training.data import read_log
 from training.export import export_run
 from training.summary import summarize
 from training.trainer import Trainer, prepare_data
-from training.tune import render, tune, write_outputs
+from training.tune import tune
+from training.tune_report import render, write_outputs
 
 MODEL_NAME = "ranker"
 

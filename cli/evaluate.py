@@ -27,7 +27,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.offline import OfflineModel, evaluate_log, load_formula, render
+    from training.offline import OfflineModel, evaluate_log, load_formula
+    from training.offline_report import render
 
     evaluation = evaluate_log(
         OfflineModel(args.model),
@@ -43,7 +44,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from training.tune import render, tune, write_outputs
+    from training.tune import tune
+    from training.tune_report import render, write_outputs
 
     model_dir = Path(args.model)
     result = tune(

@@ -11,15 +11,18 @@ loader's one-line error naming the file, the column and the row count.
 captured share per metric when the log has oracle columns (simulated logs), reliability curves,
 and the metrics of new vs seen users and items. Seen means the id appears in the rows of the
 model's training days (the manifest's `data_window.train`) of the training log: `--train-data`,
-or the evaluated log itself when it holds those days.
+or the evaluated log itself when it holds those days. The report (report.json, report.md, the
+reliability plots) is written by training/offline_report.py.
+
+Over 400 lines on purpose: score and evaluate share the model, the chunked reader and the scored
+table, and read best side by side.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from training.data import (
 )
 from training.errors import DataError
 from training.evaluate import evaluate_predictions, reliability
+from training.offline_report import Evaluation, write_report
 
 # Rows per chunk read from a file (a Parquet row group larger than this is read in parts).
 BATCH_ROWS = 262_144
@@ -279,33 +283,6 @@ def _scored_table(
 
 
 # -- evaluate --------------------------------------------------------------------------------
-@dataclass
-class Evaluation:
-    """What `ranker evaluate` measured; `to_dict` is report.json."""
-
-    model: str
-    days: list[str]
-    rows: int
-    metrics: dict[str, dict[str, float]]
-    # Segment ("users: new", ...) -> rows and metrics; empty when no training rows were found.
-    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seen_rule: str = ""
-    reliability: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "days": self.days,
-            "rows": self.rows,
-            "metrics": self.metrics,
-            "segments": self.segments,
-            "seen_rule": self.seen_rule,
-            "reliability": self.reliability,
-            "notes": self.notes,
-        }
-
-
 class _Collected:
     """Arrays gathered over the chunks: ids, labels, oracle columns and predictions."""
 
@@ -354,29 +331,15 @@ def evaluate_log(
         _progress(count_row_groups(paths), "evaluate") as bar,
     ):
         for chunk in chunks:
-            table = chunk.table
-            preds = model.predict(table)
-            sink.write(_scored_table(table, preds, formula))
-            labels = labels_from_columns(
-                *(table[c].to_numpy(zero_copy_only=False) for c in LABEL_COLUMNS)
-            )
-            for name in ("request_id", "user_id", "item_id"):
-                collected.add(name, table[name].to_numpy(zero_copy_only=False))
-            for task in model.tasks:
-                collected.add(task, labels[task])
-                collected.add(PRED_PREFIX + task, preds[task])
-            for name in oracle:
-                if name in table.column_names:
-                    collected.add(name, table[name].to_numpy(zero_copy_only=False))
+            preds = model.predict(chunk.table)
+            sink.write(_scored_table(chunk.table, preds, formula))
+            _collect(collected, chunk.table, preds, model.tasks, oracle)
             bar.update()
         if "request_id" not in collected:
             raise DataError(str(data), f"no rows to evaluate on days {list(days)}")
 
     rows = len(collected.get("request_id"))
-    oracle_present = [c for c in oracle if c in collected and len(collected.get(c)) == rows]
-    if len(oracle_present) < len(oracle) and any(c in collected for c in oracle):
-        notes.append("oracle columns are missing from some files: no oracle metrics")
-        oracle_present = []
+    oracle_present = _oracle_present(collected, oracle, rows, notes)
     result = _metrics(collected, model.tasks, oracle_present, np.ones(rows, dtype=bool))
     evaluation = Evaluation(model.name, list(days), rows, result, notes=notes)
     _add_segments(evaluation, model, collected, oracle_present, train_data or data)
@@ -386,6 +349,36 @@ def evaluate_log(
     }
     write_report(evaluation, out_dir)
     return evaluation
+
+
+def _collect(
+    collected: _Collected,
+    table: pa.Table,
+    preds: Mapping[str, np.ndarray],
+    tasks: Sequence[str],
+    oracle: Sequence[str],
+) -> None:
+    """What the metrics need of one scored chunk: ids, labels, predictions, oracle columns."""
+    labels = labels_from_columns(*(table[c].to_numpy(zero_copy_only=False) for c in LABEL_COLUMNS))
+    for name in ("request_id", "user_id", "item_id"):
+        collected.add(name, table[name].to_numpy(zero_copy_only=False))
+    for task in tasks:
+        collected.add(task, labels[task])
+        collected.add(PRED_PREFIX + task, preds[task])
+    for name in oracle:
+        if name in table.column_names:
+            collected.add(name, table[name].to_numpy(zero_copy_only=False))
+
+
+def _oracle_present(
+    collected: _Collected, oracle: Sequence[str], rows: int, notes: list[str]
+) -> list[str]:
+    """The oracle columns every row has; none (with a note) when only some files hold them."""
+    present = [c for c in oracle if c in collected and len(collected.get(c)) == rows]
+    if len(present) < len(oracle) and any(c in collected for c in oracle):
+        notes.append("oracle columns are missing from some files: no oracle metrics")
+        return []
+    return present
 
 
 def _metrics(
@@ -459,98 +452,3 @@ def _add_segments(
             if mask.any():
                 entry["metrics"] = _metrics(collected, model.tasks, oracle, mask)
             evaluation.segments[f"{side}: {label}"] = entry
-
-
-# -- report ----------------------------------------------------------------------------------
-HEADLINE = {
-    "click": ("auc", "gauc", "logloss", "calibration"),
-    "watch_time": ("rmse", "mae", "ndcg@10"),
-    "completion": ("rmse",),
-}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if np.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def render(evaluation: Evaluation) -> str:
-    """report.md: headline metrics (with oracle and captured share when known) and segments."""
-    lines = [
-        f"# Offline evaluation of {evaluation.model}",
-        "",
-        f"{evaluation.rows:,} impressions on {len(evaluation.days)} days "
-        f"({evaluation.days[0]} .. {evaluation.days[-1]}).",
-        "",
-        "| task | metric | model | oracle | constant | captured |",
-        "|---|---|---|---|---|---|",
-    ]
-    for task, scores in evaluation.metrics.items():
-        if task in ("score", "loss"):
-            continue
-        for name in [*HEADLINE.get(task, ()), "mean_predicted", "mean_observed"]:
-            if name not in scores:
-                continue
-            lines.append(
-                f"| {task} | {name} | {_fmt(scores[name])} | {_fmt(scores.get('oracle_' + name, ''))} "
-                f"| {_fmt(scores.get('constant_' + name, ''))} "
-                f"| {_fmt(scores.get('captured_' + name, ''))} |"
-            )
-    if evaluation.segments:
-        lines += ["", f"New vs seen ({evaluation.seen_rule}):", ""]
-        lines += ["| segment | rows | click auc | watch_time rmse | completion rmse |"]
-        lines += ["|---|---|---|---|---|"]
-        for name, entry in evaluation.segments.items():
-            m = entry.get("metrics", {})
-            cells = [
-                _fmt(m.get(task, {}).get(metric, ""))
-                for task, metric in (
-                    ("click", "auc"),
-                    ("watch_time", "rmse"),
-                    ("completion", "rmse"),
-                )
-            ]
-            lines.append(f"| {name} | {entry['rows']:,} | " + " | ".join(cells) + " |")
-    lines += ["", *[f"Note: {n}" for n in evaluation.notes]]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
-    """report.json, report.md and one reliability_<task>.png per task."""
-    written = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
-    written["json"].write_text(
-        json.dumps(evaluation.to_dict(), indent=2, default=_json_default, allow_nan=True)
-    )
-    written["markdown"].write_text(render(evaluation))
-    for task, curve in evaluation.reliability.items():
-        written[task] = plot_reliability(task, curve, out_dir / f"reliability_{task}.png")
-    return written
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(type(value).__name__)
-
-
-def plot_reliability(task: str, curve: Mapping[str, list[float]], path: Path) -> Path:
-    """Mean observed vs mean predicted per prediction bin, with the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    top = max([*curve["predicted"], *curve["observed"], 1e-9])
-    ax.plot([0, top], [0, top], color="gray", linestyle="--", linewidth=1, label="calibrated")
-    ax.plot(curve["predicted"], curve["observed"], marker="o", markersize=3, label="model")
-    unit = " (s)" if task == "watch_time" else ""
-    ax.set_xlabel(f"mean predicted {task}{unit}")
-    ax.set_ylabel(f"mean observed {task}{unit}")
-    ax.set_title(f"reliability: {task} ({len(curve['rows'])} quantile bins)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

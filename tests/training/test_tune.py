@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from training.tune import TuneError, pareto_front, tune, write_outputs
+from training.tune import TuneError, tune
+from training.tune_report import pareto_front, write_outputs
 
 
 def test_tuned_weights_beat_default_and_meet_constraint(

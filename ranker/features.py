@@ -13,6 +13,9 @@ Categorical values hash by value with stable 64-bit hashes: integers with splitm
 (vectorised), other text with xxh3-64, and `7`, `7.0` and `"7"` are one category. An unknown category
 is just another bucket, and training and serving agree bit for bit. Distinct strings are hashed once
 per call, not once per row.
+
+Over 400 lines on purpose: this is the one encoder training and serving share (DESIGN.md), and its
+hashing, column coercion and group assembly must change together to stay bit for bit equal.
 """
 
 from __future__ import annotations

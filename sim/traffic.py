@@ -25,6 +25,9 @@ the Redis stream `events_stream`, field `event`): for each clicked item a `click
 with its seconds, timed on the wall clock after the response (the click (p + 1) s after it, the
 watch when the viewing ends), so `ranker build-log` joins them with the service's impression
 records, which carry the features it served.
+
+Over 400 lines on purpose: sampling, sending, drawing outcomes and writing them are one loop over
+the same served rows; the schemas and Parquet writes it shares with `simulate` are in sim/tables.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ summary.md (mean +- std per configuration, delta-m % vs `ew` of the same objecti
 single-task models, the gap to the oracle, seconds per run), pareto.png (click AUC vs watch-time
 RMSE with std error bars and the non-dominated front) and equity.png (variance of the relative
 rates per method).
+
+Over 400 lines on purpose: the grid, its runs and its summary share the config and the run keys
+(the summary groups runs by them, the report reads the config's axes); splitting the summary
+out would move the grid's types to a third module for one reader.
 """
 
 from __future__ import annotations

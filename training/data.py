@@ -3,6 +3,9 @@
 A log is a directory of Parquet files (partitioned by day or not), a single Parquet/CSV file, or a
 list of those. Every file is validated on its own so an error names the file, the column and the
 number of bad rows. `drop_invalid=True` drops such rows and counts them, per reason, instead.
+
+Over 400 lines on purpose: reading, validating, splitting and batching the in-memory log are one
+path whose steps hand the same contiguous arrays along (the streaming path is training/stream.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ One run, under a lock (Redis or a lock file) so two never overlap:
     stale-version check -> report (JSON + markdown) in report_dir/<run id>/.
 A failed or killed run leaves registry and config as they were: nothing is written to either
 before the gate has passed, the export is a rename, and the config is written in one step at the end.
+
+Over 400 lines on purpose: this is the run's sequence (stores and lock, train, score both models,
+gate, publish, roll out), each step a short function read in order; the gate, lock, cleanup and
+report already live in their own modules beside it.
 """
 
 from __future__ import annotations
@@ -225,8 +229,8 @@ def run_once(config: RetrainConfig) -> Outcome:
 
 
 def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
-    from training.evaluate import evaluate_predictions, predict
-    from training.trainer import BEST, Trainer, load_best, prepare_data
+    """Train a candidate, score it and production on the gate day, publish if the gate passes."""
+    from training.trainer import Trainer, prepare_data
 
     store = open_store(config)
     try:
@@ -252,31 +256,13 @@ def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
         days = sum(len(v) for v in out.window.values())
         if days < config.window_days:
             out.warnings.append(f"the log holds {days} days; window_days is {config.window_days}")
-        gate_day = split["test"][0]
         out.candidate_metrics = result["test"]
 
         manifest, intervals = None, None
         if production is not None:
-            log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
-            manifest, prod_preds, prod_data = production_predictions(config, production, gate_day)
-            out.production_metrics = evaluate_predictions(prod_preds, prod_data)
-            seen = manifest.data_window.get("train", []) + manifest.data_window.get("valid", [])
-            if gate_day in seen:
-                out.warnings.append(
-                    f"production {production} was trained or validated on the gate day "
-                    f"{gate_day}: the comparison favours it"
-                )
-            # The candidate's torch model on the same rows (its export must then match ONNX
-            # Runtime within 1e-4 before it is published).
-            cand_data = gate_day_rows(config, data.spec, gate_day)
-            cand_preds = predict(load_best(run_dir / BEST), cand_data)
-            intervals = gate_intervals(config, cand_preds, cand_data, prod_preds, prod_data)
-            out.gate_sample = {
-                "rows": cand_data.rows,
-                "requests": len(np.unique(cand_data.request_id)),
-                "bootstrap": config.gate.bootstrap,
-                "confidence": config.gate.confidence,
-            }
+            manifest, intervals = _against_production(
+                config, out, production, split["test"][0], data.spec, run_dir
+            )
         decision = decide(config.gate, result["test"], out.production_metrics, intervals)
         _record(out, decision)
         if not decision.publish:
@@ -285,6 +271,42 @@ def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
         _publish(config, store, lock, out, run_dir, current, manifest)
     finally:
         store.close()
+
+
+def _against_production(
+    config: RetrainConfig,
+    out: Outcome,
+    production: ModelRef,
+    gate_day: str,
+    spec: FeatureSpec,
+    run_dir: Path,
+) -> tuple[Manifest, dict[str, Replicates]]:
+    """Production scored as served and the candidate on the same gate-day rows: production's
+    metrics, a warning when production saw the gate day, and the gate's paired intervals."""
+    from training.evaluate import evaluate_predictions, predict
+    from training.trainer import BEST, load_best
+
+    log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
+    manifest, prod_preds, prod_data = production_predictions(config, production, gate_day)
+    out.production_metrics = evaluate_predictions(prod_preds, prod_data)
+    seen = manifest.data_window.get("train", []) + manifest.data_window.get("valid", [])
+    if gate_day in seen:
+        out.warnings.append(
+            f"production {production} was trained or validated on the gate day "
+            f"{gate_day}: the comparison favours it"
+        )
+    # The candidate's torch model on the same rows (its export must then match ONNX
+    # Runtime within 1e-4 before it is published).
+    cand_data = gate_day_rows(config, spec, gate_day)
+    cand_preds = predict(load_best(run_dir / BEST), cand_data)
+    intervals = gate_intervals(config, cand_preds, cand_data, prod_preds, prod_data)
+    out.gate_sample = {
+        "rows": cand_data.rows,
+        "requests": len(np.unique(cand_data.request_id)),
+        "bootstrap": config.gate.bootstrap,
+        "confidence": config.gate.confidence,
+    }
+    return manifest, intervals
 
 
 def _refuse_latest(store: ExperimentStore) -> None:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ranker.balancing import Balancer, build_balancer
-from ranker.balancing.gramian import gramian_on_representation
+from ranker.balancing.gramian import gramian_on_params, gramian_on_representation
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import MultiTaskModel, MultiTaskTrainingModel, build_model
 from ranker.models.inputs import use_sparse_gradients
@@ -293,24 +293,10 @@ class Trainer:
             local = gramian_on_representation(task_losses, shared)
             # Rows are disjoint across ranks: the per-row products add up.
             return all_reduce_sum(local, self.world)
-        params = [p for p in self.model.shared_parameters() if p.requires_grad]
-        grads = [
-            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            for loss in task_losses
-        ]
-        flat = torch.stack(
-            [
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                        for g, p in zip(gs, params, strict=True)
-                    ]
-                )
-                for gs in grads
-            ]
+        # Per-task gradients are summed over ranks before the products (the global batch's G).
+        return gramian_on_params(
+            task_losses, self.model.shared_parameters(), lambda g: all_reduce_sum(g, self.world)
         )
-        flat = all_reduce_sum(flat, self.world)
-        return (flat @ flat.T).double()
 
     # -- epochs -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -7,15 +7,23 @@ representation (MGDA-UB, Sener & Koltun 2018), which needs no extra backward thr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from ranker.balancing.base import Balancer
 
+# Applied to each [K', numel] block of per-task gradients before its products; data parallelism
+# passes a sum over ranks, so that G is the global batch's: G = (sum_r J_r)(sum_r J_r)^T, which the
+# sum of the ranks' own Gramians is not. Every rank must call it for the same blocks (the graph
+# decides which tasks reach which tensor, and it is the same on every rank).
+ReduceGradients = Callable[[Tensor], Tensor]
 
-def _gramian(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Tensor:
+
+def _gramian(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], reduce: ReduceGradients | None = None
+) -> Tensor:
     """G_ij = sum over the input tensors of <dL_i/dx, dL_j/dx>, float64 [K, K].
 
     One autograd.grad per task (graph retained); G is accumulated one input tensor at a time, so
@@ -37,6 +45,8 @@ def _gramian(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Tensor:
         if not rows:
             continue
         block = torch.stack([grads[i][j].reshape(-1) for i in rows])  # type: ignore[union-attr]
+        if reduce is not None:
+            block = reduce(block)
         if block.dtype not in (torch.float32, torch.float64):
             block = block.float()  # half-precision dot products over many entries lose too much
         product = (block @ block.T).double()
@@ -48,13 +58,16 @@ def _gramian(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Tensor:
     return gramian
 
 
-def gramian_on_params(losses: Sequence[Tensor], params: Iterable[Tensor]) -> Tensor:
+def gramian_on_params(
+    losses: Sequence[Tensor], params: Iterable[Tensor], reduce: ReduceGradients | None = None
+) -> Tensor:
     """Gramian [K, K] of the task gradients on the dense shared parameters `params`.
 
     Pass the shared experts only: each task costs a backward down to these parameters.
-    Parameters that do not require gradients are skipped.
+    Parameters that do not require gradients are skipped. `reduce` (see ReduceGradients) sums
+    each parameter's per-task gradients over data-parallel ranks before the products.
     """
-    return _gramian(list(losses), [p for p in params if p.requires_grad])
+    return _gramian(list(losses), [p for p in params if p.requires_grad], reduce)
 
 
 def gramian_on_representation(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:

@@ -73,6 +73,34 @@ def test_gramian_on_params_equals_hand_jacobian() -> None:
     torch.testing.assert_close(g, expected)
 
 
+def test_the_reduce_hook_gives_the_global_batchs_gramian_from_one_ranks_losses() -> None:
+    """Two "ranks" each hold half the batch (losses scaled by their share, as the trainer does).
+    Summing each block of per-task gradients over them, the hook's job, gives the Gramian of the
+    whole batch; adding the ranks' own Gramians does not (the cross terms are missing)."""
+    model = TinyModel()
+    x, y = data()
+    params = [model.weight, model.bias, model.extra]
+    halves = [model(x[part], y[part])[0] * 0.5 for part in (slice(0, B // 2), slice(B // 2, B))]
+    whole = gramian_on_params(list(model(x, y)[0]), params)
+    # The other rank's blocks, in the order the hook meets them (one per parameter).
+    other = [
+        torch.stack([g.reshape(-1) for g in grads if g is not None])
+        for grads in zip(
+            *(
+                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                for loss in halves[1]
+            ),
+            strict=True,
+        )
+    ]
+    blocks = iter(other)
+    reduced = gramian_on_params(list(halves[0]), params, lambda block: block + next(blocks))
+    torch.testing.assert_close(reduced, whole)
+    assert next(blocks, None) is None  # called once per parameter
+    separate = sum(gramian_on_params(list(h), params) for h in halves)
+    assert not torch.allclose(separate, whole)
+
+
 def test_gramian_on_params_skips_constant_losses_and_frozen_params() -> None:
     model = TinyModel()
     x, y = data()

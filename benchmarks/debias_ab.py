@@ -57,9 +57,10 @@ from training.build_log import BuildConfig, Source, build_log
 from training.config import load_config
 from training.data import MS_PER_DAY, day_name
 from training.export import export_run
+from training.prepare import prepare_data
 from training.retrain.config import load_retrain_config
 from training.retrain.run import run_once
-from training.trainer import Trainer, prepare_data
+from training.trainer import Trainer
 
 MODEL = "ranker"
 ARMS = ("biased", "debiased")  # control, treatment

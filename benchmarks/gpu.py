@@ -228,7 +228,8 @@ def throughput_table(backend: Backend, rows: Feeds, repeat: int, seconds: float)
 def training_table(tmp: Path, steps: int, cuda: bool) -> list[str]:
     from training.config import load_config
     from training.distributed import World
-    from training.trainer import Trainer, prepare_data
+    from training.prepare import prepare_data
+    from training.trainer import Trainer
 
     model = [f"model.config.{k}={v}" for k, v in CONFIG.items()]
     devices = ["cuda", "cpu"] if cuda else ["cpu"]

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from benchmarks.report import machine, write_section
 from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
-from training.trainer import PreparedData, Trainer, prepare_data
+from training.prepare import PreparedData, prepare_data
+from training.trainer import Trainer
 
 MODEL = [
     "model.kind=mmoe",

@@ -29,7 +29,8 @@ from typing import Any
 from benchmarks.report import machine
 from sim.simulate import SimulatorConfig, simulate
 from training.config import TrainConfig, load_config
-from training.trainer import PreparedData, Trainer, prepare_data
+from training.prepare import PreparedData, prepare_data
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DOC = ROOT / "docs" / "results.md"

@@ -34,10 +34,11 @@ from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
 from training.data import EncodedData
 from training.export import export_run
+from training.prepare import prepare_data
 from training.quantize import quantize_version, read_days
 from training.quantize_config import Mode, QualityBound, QuantizeOptions
 from training.quantize_parity import request_rows, violations
-from training.trainer import Trainer, prepare_data
+from training.trainer import Trainer
 
 COUNTS = (100, 500, 1000)
 MODELS = {

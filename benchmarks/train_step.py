@@ -26,7 +26,8 @@ from benchmarks.report import machine, write_section
 from ranker.balancing import BALANCERS
 from sim.simulate import SimulatorConfig, simulate
 from training.config import load_config
-from training.trainer import Trainer, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 MODEL = [
     "model.kind=mmoe",

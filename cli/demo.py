@@ -31,8 +31,9 @@ from training.ab.report import ab_report
 from training.config import load_config
 from training.data import read_log
 from training.export import export_run
+from training.prepare import prepare_data
 from training.summary import summarize
-from training.trainer import Trainer, prepare_data
+from training.trainer import Trainer
 from training.tune import tune
 from training.tune_report import render, write_outputs
 

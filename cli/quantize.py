@@ -58,7 +58,7 @@ def run_log(run_dir: Path) -> tuple[list[str], bool]:
     """The training log paths and the drop_invalid flag recorded in a run's best.pt."""
     import torch
 
-    from training.trainer import BEST
+    from training.checkpoint import BEST
 
     best = run_dir / BEST
     if not best.is_file():

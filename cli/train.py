@@ -13,9 +13,11 @@ from cli.command import AddCommand
 
 def _train(args: argparse.Namespace) -> int:
     from cli.run_report import render_metrics
+    from training.checkpoint import CHECKPOINT
     from training.config import load_config
     from training.distributed import barrier, close_world, init_world
-    from training.trainer import CHECKPOINT, Trainer, prepare_data
+    from training.prepare import prepare_data
+    from training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     world = init_world()

@@ -96,7 +96,8 @@ def tiny_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(tiny_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A briefly trained MMoE run directory (best.pt, checkpoint.pt, metrics.json)."""
     from training.config import load_config
-    from training.trainer import Trainer, prepare_data
+    from training.prepare import prepare_data
+    from training.trainer import Trainer
 
     run = tmp_path_factory.mktemp("tiny_run")
     config = load_config(None, tiny_overrides(tiny_log, run))

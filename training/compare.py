@@ -205,7 +205,7 @@ _WORKER_DATA: Any = None
 
 def _init_worker(base: TrainConfig) -> None:
     global _WORKER_DATA
-    from training.trainer import prepare_data
+    from training.prepare import prepare_data
 
     _WORKER_DATA = prepare_data(base)
 

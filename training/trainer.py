@@ -1,5 +1,10 @@
 """`ranker train`: fit a multi-task model with a loss balancer, evaluate each epoch, checkpoint.
 
+The loop lives here; data preparation in training/prepare.py, the model files' atomic writing and
+reading in training/checkpoint.py. Over 400 lines on purpose: what is left is one Trainer whose
+state (wrapper, optimizer, balancer, epoch/step/best) every step, epoch and checkpoint method
+reads and writes; splitting it further would pass that state around in pieces.
+
 The log is loaded into contiguous arrays (the fast path) or, with `data.stream`, streamed row group
 by row group through a shuffle buffer (training/stream.py) for logs larger than memory.
 
@@ -21,10 +26,9 @@ import csv
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,69 +38,32 @@ from torch import Tensor
 
 from ranker.balancing import Balancer, build_balancer
 from ranker.balancing.gramian import gramian_on_params, gramian_on_representation
-from ranker.features import FeatureEncoder, fit_dense_stats
+from ranker.features import FeatureEncoder
 from ranker.models import MultiTaskModel, MultiTaskTrainingModel, build_model
 from ranker.models.inputs import use_sparse_gradients
 from ranker.models.position import POSITION_INPUT, AtServedPosition, PositionBias
-from ranker.schema import FeatureSpec, load_default_spec
+from ranker.schema import FeatureSpec
 from ranker.tasks import build_tasks
+from training.checkpoint import BEST, CHECKPOINT, atomic_save, load_best
 from training.config import ConfigError, TrainConfig
-from training.data import DaySplit, EncodedData, encode_log, find_log_spec, read_log, split_days
+from training.data import EncodedData
 from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 from training.optimizer import SplitOptimizer, clip_grad_norm
-from training.stream import StreamingData, StreamSplit, evaluate_stream, prepare_stream
+from training.prepare import PreparedData, prepare_data
+from training.stream import StreamingData, StreamSplit, evaluate_stream
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-
-
-@dataclass
-class PreparedData:
-    """A log split by day and encoded with the spec fitted on the training days."""
-
-    spec: FeatureSpec
-    split: DaySplit
-    train: EncodedData
-    valid: EncodedData
-    test: EncodedData | None
-    dropped: dict[str, int] = field(default_factory=dict)
-
-
-def prepare_data(config: TrainConfig) -> PreparedData | StreamingData:
-    """Read, validate, split by day, fit dense statistics on the training days, encode; with
-    `data.stream`, open the log for streaming instead (training/stream.py)."""
-    data = config.data
-    # data.spec, else the feature_spec.yaml an importer wrote next to the log, else the simulator's.
-    spec_path = data.spec or find_log_spec(list(data.paths))
-    spec = FeatureSpec.load(spec_path) if spec_path else load_default_spec()
-    if data.stream:
-        return prepare_stream(
-            list(data.paths),
-            spec,
-            valid_days=data.valid_days,
-            test_days=data.test_days,
-            window_days=data.window_days,
-            drop_invalid=data.drop_invalid,
-        )
-    log = read_log(list(data.paths), spec, drop_invalid=data.drop_invalid)
-    split = split_days(log.days(), valid_days=data.valid_days, test_days=data.test_days)
-    train_days = split.train
-    if data.window_days is not None:
-        train_days = train_days[-data.window_days :]
-        split = DaySplit(train_days, split.valid, split.test)
-    train_log = log.filter_days(split.train)
-    columns = {name: train_log.table[name] for name in spec.names if spec[name].kind == "dense"}
-    spec = fit_dense_stats(spec, columns)
-    encoder = FeatureEncoder(spec)
-    return PreparedData(
-        spec=spec,
-        split=split,
-        train=encode_log(train_log, encoder),
-        valid=encode_log(log.filter_days(split.valid), encoder),
-        test=encode_log(log.filter_days(split.test), encoder) if split.test else None,
-        dropped=dict(log.dropped),
-    )
+# prepare_data, load_best and the file names are re-exported for callers that still import them
+# from here (benchmarks/train_throughput.py); new code imports training.prepare / checkpoint.
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "PreparedData",
+    "Trainer",
+    "build_training",
+    "load_best",
+    "prepare_data",
+]
 
 
 def build_training(
@@ -484,7 +451,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_best(self, path: Path) -> None:
         """What export needs: the inference model's weights, its hyper-parameters and spec."""
-        _atomic_save(
+        atomic_save(
             {
                 "model_state": self.model.state_dict(),
                 "hparams": self.model.hparams(),
@@ -512,7 +479,7 @@ class Trainer:
         last write (the file on disk already holds this state). Sets `checkpoint_bytes`."""
         if self._saved_step == self.step and path.exists():
             return
-        self.checkpoint_bytes = _atomic_save(
+        self.checkpoint_bytes = atomic_save(
             {
                 "wrapper_state": self.wrapper.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
@@ -545,24 +512,6 @@ class Trainer:
         self.checkpoint_bytes = path.stat().st_size
 
 
-def _atomic_save(obj: Any, path: Path) -> int:
-    """Write to a temporary file, fsync, rename over `path`, fsync the directory: a crash leaves
-    the old file or the new one, never a torn one. Returns the size in bytes."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    size = tmp.stat().st_size
-    tmp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return size
-
-
 def _append_csv(path: Path, records: list[dict[str, Any]]) -> None:
     if not records:
         return
@@ -580,18 +529,3 @@ def _append_csv(path: Path, records: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(existing)
         writer.writerows(records)
-
-
-def load_best(path: Path, device: str = "cpu") -> MultiTaskModel:
-    """The best epoch's inference model from a run directory's best.pt."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    spec = FeatureSpec.from_yaml(state["spec_yaml"], str(path))
-    hparams = state["hparams"]
-    tasks = build_tasks(
-        [t["name"] for t in hparams["tasks"]], {t["name"]: t["loss"] for t in hparams["tasks"]}
-    )
-    model = build_model(hparams["kind"], spec, tasks, hparams["config"])
-    model.load_state_dict(state["model_state"])
-    model.to(device)
-    model.eval()
-    return model

@@ -17,7 +17,7 @@ from ranker.scoring import rank_order, score
 from serving.response import render_items
 from serving.settings import Settings
 from tests.serving.conftest import Built, body_of, requests_of, serve, wait_for
-from training.trainer import BEST, load_best
+from training.checkpoint import BEST, load_best
 
 pytestmark = pytest.mark.anyio
 

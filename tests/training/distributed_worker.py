@@ -14,7 +14,8 @@ import torch
 from tests.conftest import tiny_overrides
 from training.config import load_config
 from training.distributed import barrier, close_world, init_world
-from training.trainer import Trainer, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 
 def train_methods(log: Path, out: Path, batch_size: int, methods: list[str]) -> None:

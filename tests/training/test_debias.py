@@ -21,12 +21,14 @@ from ranker.models.position import PositionBias
 from ranker.registry import load_manifest
 from ranker.schema import load_default_spec
 from tests.training.conftest import tiny_overrides
+from training.checkpoint import CHECKPOINT, load_best
 from training.config import ConfigError, load_config
 from training.data import encode_log, read_log
 from training.errors import DataError
 from training.evaluate import evaluate_model
 from training.export import export_run
-from training.trainer import CHECKPOINT, Trainer, build_training, load_best, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer, build_training
 from training.tune import onnx_predict
 
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from tests.training.distributed_worker import ddp_overrides
+from training.checkpoint import CHECKPOINT
 from training.config import load_config
 from training.distributed import World, rank_seed
-from training.trainer import CHECKPOINT, Trainer, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 METHODS = ["ew", "uw", "famo", "emtl"]
 

@@ -17,10 +17,12 @@ from ranker.models import build_model
 from ranker.registry import Manifest, list_versions, load_manifest, model_path, verify
 from ranker.schema import FeatureSpec
 from sim.simulate import SimulatorConfig, simulate
+from training.checkpoint import load_best
 from training.config import load_config
 from training.data import EncodedData
 from training.export import ExportError, check_parity, export_run, held_out_rows, to_onnx
-from training.trainer import Trainer, load_best, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 SMALL = ["model.config.expert_units=[16]", "model.config.tower_units=[8]"]
 RUNS: dict[str, list[str]] = {

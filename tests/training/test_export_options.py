@@ -14,7 +14,8 @@ from ranker.registry import model_path
 from training.config import load_config
 from training.data import EncodedData
 from training.export import export_run
-from training.trainer import Trainer, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 RUN = ["train.epochs=1", "train.batch_size=256", "train.max_steps_per_epoch=4", "train.threads=1"]
 VARIANTS = {

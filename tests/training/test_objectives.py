@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from sim.simulate import SimulatorConfig, simulate
+from training.checkpoint import BEST, load_best
 from training.config import load_config
 from training.data import EncodedData
 from training.evaluate import predict
-from training.trainer import BEST, PreparedData, Trainer, load_best, prepare_data
+from training.prepare import PreparedData, prepare_data
+from training.trainer import Trainer
 
 WORLD = SimulatorConfig(
     users=300,

@@ -23,13 +23,15 @@ from tests.training.datasets.test_kuairand import (
     log_row,
     write_csv,
 )
+from training.checkpoint import BEST, load_best
 from training.config import load_config
 from training.data import MS_PER_DAY, encode_table, read_log
 from training.datasets.kuairand.columns import SPEC_FILE
 from training.datasets.kuairand.importer import import_kuairand
 from training.export import export_run
 from training.offline import OfflineModel, evaluate_log, score_log
-from training.trainer import BEST, Trainer, load_best, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 TASKS = ["click", "watch_time", "completion"]
 

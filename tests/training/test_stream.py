@@ -16,12 +16,14 @@ import torch
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.schema import load_default_spec
 from tests.conftest import tiny_overrides
+from training.checkpoint import CHECKPOINT, load_best
 from training.config import load_config
 from training.data import read_log, split_days
 from training.errors import DataError
 from training.evaluate import evaluate_predictions, predict
+from training.prepare import prepare_data
 from training.stream import StreamingLog, fit_dense_stats_streaming, prepare_stream
-from training.trainer import CHECKPOINT, Trainer, load_best, prepare_data
+from training.trainer import Trainer
 
 
 def _keys(parts: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]

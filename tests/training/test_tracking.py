@@ -13,7 +13,8 @@ import training.tracking as tracking
 from sim.simulate import SimulatorConfig, simulate
 from training.config import ConfigError, TrainConfig, load_config
 from training.export import export_run
-from training.trainer import Trainer, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 
 def _config(log: Path, run: Path, uri: str | None) -> TrainConfig:

@@ -17,9 +17,11 @@ import torch
 from cli.main import main
 from ranker.models import AuxConfig
 from tests.conftest import tiny_overrides
+from training.checkpoint import BEST, CHECKPOINT, load_best
 from training.config import ConfigError, load_config
 from training.data import EncodedData
-from training.trainer import BEST, CHECKPOINT, Trainer, load_best, prepare_data
+from training.prepare import prepare_data
+from training.trainer import Trainer
 
 
 def run(log: Path, run_dir: Path, *extra: str, resume: bool = False) -> dict:

@@ -230,7 +230,8 @@ def run_once(config: RetrainConfig) -> Outcome:
 
 def _run(config: RetrainConfig, lock: RunLock, out: Outcome) -> None:
     """Train a candidate, score it and production on the gate day, publish if the gate passes."""
-    from training.trainer import Trainer, prepare_data
+    from training.prepare import prepare_data
+    from training.trainer import Trainer
 
     store = open_store(config)
     try:
@@ -283,8 +284,8 @@ def _against_production(
 ) -> tuple[Manifest, dict[str, Replicates]]:
     """Production scored as served and the candidate on the same gate-day rows: production's
     metrics, a warning when production saw the gate day, and the gate's paired intervals."""
+    from training.checkpoint import BEST, load_best
     from training.evaluate import evaluate_predictions, predict
-    from training.trainer import BEST, load_best
 
     log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
     manifest, prod_preds, prod_data = production_predictions(config, production, gate_day)

@@ -28,8 +28,8 @@ from ranker.models import REQUEST_INDEX, MultiTaskModel
 from ranker.onnx_model import OnnxModel, OnnxModelError
 from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, Publication, publish
 from ranker.schema import FeatureSpec
+from training.checkpoint import BEST, load_best
 from training.data import EncodedData, encode_table, read_log
-from training.trainer import BEST, load_best
 
 EXPORTER = "torch.onnx.export(dynamo=True)"
 USER_AXIS, ITEM_AXIS = "user_batch", "candidates"
@@ -220,7 +220,12 @@ def to_onnx(
         )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
-    proto = program.model_proto
+    return _finish_graph(program.model_proto, batched)
+
+
+def _finish_graph(proto: onnx.ModelProto, batched: bool) -> bytes:
+    """Name the exported graph's axes (user or requests, candidates), drop the shapes traced
+    under B_u = N, refuse auxiliary-head tensors, and check the graph."""
     graph = proto.graph
     for value in [*graph.input, *graph.output]:
         dim = value.type.tensor_type.shape.dim[0]

@@ -187,20 +187,8 @@ def quantize_version(
     log: calibration from the version's training days, parity on its validation days."""
     options = options or QuantizeOptions()
     version_dir = Path(registry_root) / name / version
-    try:
-        parent = verify(version_dir)
-    except ValueError as exc:
-        raise QuantizeError(str(exc)) from None
-    if "quantization" in parent.exporter:
-        raise QuantizeError(f"{version_dir}: already an int8 version; quantise its fp32 parent")
+    parent, train_days, valid_days = _fp32_parent(version_dir)
     user_inputs = list(parent.inputs.get("user", []))
-    window = parent.data_window
-    valid_days = list(window.get("valid") or window.get("test") or [])
-    train_days = list(window.get("train") or [])
-    if not valid_days or not train_days:
-        raise QuantizeError(
-            f"{version_dir}: manifest data_window needs train and valid days, has {window}"
-        )
     fp32_bytes = (version_dir / MODEL_FILE).read_bytes()
     calibration: list[dict[str, np.ndarray]] = []
     if options.mode == "static":
@@ -228,7 +216,23 @@ def quantize_version(
             f"{'; '.join(refused)} (measured on {valid_days}, {report['requests']} requests)"
         )
     target = target_name or name
-    quantization: dict[str, Any] = {
+    parent_ref = version if target == name else f"{name}/{version}"
+    quantization = _quantization(options, parent, parent_ref, train_days, calibration, report)
+    return publish(
+        registry_root, target, int8_bytes, _publication(parent, int8_bytes, quantization)
+    )
+
+
+def _quantization(
+    options: QuantizeOptions,
+    parent: Manifest,
+    parent_ref: str,
+    train_days: list[str],
+    calibration: list[dict[str, np.ndarray]],
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's record of how the int8 graph was made and how close it stays."""
+    return {
         "dtype": "int8",
         "mode": options.mode,
         "tool": f"onnxruntime.quantization.quantize_{options.mode}",
@@ -236,7 +240,7 @@ def quantize_version(
         "weights": "int8, per tensor",
         "activations": "uint8, "
         + ("scales fixed by calibration (MinMax, QDQ)" if calibration else "scale per run"),
-        "parent": version if target == name else f"{name}/{version}",
+        "parent": parent_ref,
         "parent_sha256": parent.sha256,
         "calibration": {"days": train_days, "requests": len(calibration)} if calibration else None,
         "bound": {
@@ -245,7 +249,30 @@ def quantize_version(
         },
         "parity": report,
     }
-    publication = Publication(
+
+
+def _fp32_parent(version_dir: Path) -> tuple[Manifest, list[str], list[str]]:
+    """The verified fp32 version with its training days (calibration) and validation days
+    (parity); refused when it is already int8 or its manifest lacks either."""
+    try:
+        parent = verify(version_dir)
+    except ValueError as exc:
+        raise QuantizeError(str(exc)) from None
+    if "quantization" in parent.exporter:
+        raise QuantizeError(f"{version_dir}: already an int8 version; quantise its fp32 parent")
+    window = parent.data_window
+    valid_days = list(window.get("valid") or window.get("test") or [])
+    train_days = list(window.get("train") or [])
+    if not valid_days or not train_days:
+        raise QuantizeError(
+            f"{version_dir}: manifest data_window needs train and valid days, has {window}"
+        )
+    return parent, train_days, valid_days
+
+
+def _publication(parent: Manifest, int8_bytes: bytes, quantization: dict[str, Any]) -> Publication:
+    """The int8 version says what its fp32 parent says, with the quantisation added."""
+    return Publication(
         feature_spec=parent.feature_spec,
         tasks=parent.tasks,
         inputs=parent.inputs,
@@ -265,7 +292,6 @@ def quantize_version(
             "quantization": quantization,
         },
     )
-    return publish(registry_root, target, int8_bytes, publication)
 
 
 def _opset(model: bytes, default: int) -> int:

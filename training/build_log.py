@@ -19,6 +19,9 @@ The join, on (request_id, item_id):
   (the label needs it) are counted and left out.
 Every count is printed, written to `OUT/_build-log/<run>.json`, and every event that did not join
 is written with its reason to `OUT/_build-log/<run>-rejected.jsonl`: nothing is dropped silently.
+
+Over 400 lines on purpose: the join above is one contract; its four steps (build_log) and the day
+table they feed each stay short, and read in the order the contract lists them.
 """
 
 from __future__ import annotations

@@ -82,18 +82,7 @@ def rank(state: ServingState, request: RankRequest, log_features: bool = False) 
     item_ids = [ids[i] for i in order.tolist()]
     scores = scores[order]
     predictions = {task: values[order] for task, values in predictions.items()}
-    record = {
-        "request_id": request.request_id,
-        "user_id": request.user_id,
-        "ts": now_ms(),
-        "model": model.ref.name,
-        "model_version": model.ref.version,
-        "variant": assignment.label,
-        "layers": experiment_doc(assignment)["layers"],
-        "item_ids": item_ids,
-        "scores": scores,
-        "predictions": predictions,
-    }
+    record = impression_record(request, assignment, model, item_ids, scores, predictions)
     if log_features:
         record["positions"] = np.arange(len(item_ids))
         record["features"] = ServedFeatures(request.user, request.context, items, order)
@@ -109,6 +98,30 @@ def rank(state: ServingState, request: RankRequest, log_features: bool = False) 
         item_ids=item_ids,
         impression=record,
     )
+
+
+def impression_record(
+    request: RankRequest,
+    assignment: Assignment,
+    model: LoadedModel,
+    item_ids: list[Any],
+    scores: np.ndarray,
+    predictions: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """What was served, for the impression log (numpy arrays are serialised later, after the
+    response is sent)."""
+    return {
+        "request_id": request.request_id,
+        "user_id": request.user_id,
+        "ts": now_ms(),
+        "model": model.ref.name,
+        "model_version": model.ref.version,
+        "variant": assignment.label,
+        "layers": experiment_doc(assignment)["layers"],
+        "item_ids": item_ids,
+        "scores": scores,
+        "predictions": predictions,
+    }
 
 
 def experiment_doc(assignment: Assignment) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnxruntime import quantization as oq
 
 from ranker.features import FeatureEncoder
+from ranker.onnx_model import OnnxModel, OnnxModelError, RuntimeOptions
 from ranker.registry import MODEL_FILE, Manifest, Publication, publish, verify
 from training.data import EncodedData, encode_table, read_log
 from training.quantize_config import Mode, QuantizeOptions
@@ -99,13 +100,10 @@ def quantize_graph(
 
 
 def cpu_session(model: bytes, threads: int | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    """A CPU session of a graph, built by the project's one session builder (ranker.onnx_model)."""
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types
+        return OnnxModel(model, options=RuntimeOptions(intra_op_threads=threads or 0)).session
+    except OnnxModelError as exc:
         raise QuantizeError(f"ONNX Runtime cannot load the graph: {exc}") from None
 
 

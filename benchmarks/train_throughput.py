@@ -40,12 +40,14 @@ from benchmarks.peer_training import rechub_inputs, rechub_model
 from benchmarks.report import machine, write_section
 from ranker.schema import FeatureSpec
 from sim.simulate import SimulatorConfig
+from training.checkpoint import CHECKPOINT
 from training.config import TrainConfig, load_config
 from training.data import EncodedData
 from training.datasets.kuairand.columns import SPEC_FILE, kuairand_spec
 from training.datasets.kuairand.importer import import_kuairand
 from training.evaluate import evaluate_predictions
-from training.trainer import CHECKPOINT, PreparedData, Trainer, prepare_data
+from training.prepare import PreparedData, prepare_data
+from training.trainer import Trainer
 
 MODEL = [
     "model.kind=mmoe",

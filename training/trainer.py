@@ -50,20 +50,8 @@ from training.data import EncodedData
 from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 from training.optimizer import SplitOptimizer, clip_grad_norm
-from training.prepare import PreparedData, prepare_data
+from training.prepare import PreparedData
 from training.stream import StreamingData, StreamSplit, evaluate_stream
-
-# prepare_data, load_best and the file names are re-exported for callers that still import them
-# from here (benchmarks/train_throughput.py); new code imports training.prepare / checkpoint.
-__all__ = [
-    "BEST",
-    "CHECKPOINT",
-    "PreparedData",
-    "Trainer",
-    "build_training",
-    "load_best",
-    "prepare_data",
-]
 
 
 def build_training(

@@ -227,7 +227,7 @@ def throughput_table(backend: Backend, rows: Feeds, repeat: int, seconds: float)
 
 def training_table(tmp: Path, steps: int, cuda: bool) -> list[str]:
     from training.config import load_config
-    from training.distributed import World
+    from training.distributed import DistributedWorld
     from training.prepare import prepare_data
     from training.trainer import Trainer
 
@@ -253,7 +253,7 @@ def training_table(tmp: Path, steps: int, cuda: bool) -> list[str]:
                     f"balancer.name={method}", f"train.batch_size={size}",
                 ]  # fmt: skip
                 config = load_config(None, overrides)
-                world = World(device=device)
+                world = DistributedWorld(device=device)
                 trainer = Trainer(config, data, tmp, progress=False, equity_every=0, world=world)
                 times = []
                 for step in range(steps + 3):

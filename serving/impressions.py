@@ -131,7 +131,7 @@ class RedisStreamSink:
         self.client.close()
 
 
-class ImpressionLog:
+class ImpressionWriter:
     """Bounded queue + writer thread. `submit` never blocks and never raises."""
 
     def __init__(self, sink: Sink | None, capacity: int, interval: float = INTERVAL) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from ranker.experiment_store import ExperimentStore, open_store
-from serving.impressions import ImpressionLog, JsonlSink, RedisStreamSink, Sink
+from serving.impressions import ImpressionWriter, JsonlSink, RedisStreamSink, Sink
 from serving.models import ModelPool
 from serving.settings import Settings
 from serving.state import StateManager
@@ -29,7 +29,7 @@ DEFAULT_EXPERIMENTS = Path(__file__).with_name("default_experiments.yaml")
 class Service:
     settings: Settings
     manager: StateManager
-    impressions: ImpressionLog
+    impressions: ImpressionWriter
     metrics: ServiceMetrics
     # RANKER_OTEL=1: /rank spans (serving.tracing); None costs the route one check.
     tracer: RankTracer | None = None
@@ -76,7 +76,7 @@ def open_service(settings: Settings) -> Service:
     """
     pool = ModelPool(settings)
     manager = StateManager(open_experiments(settings), pool, settings.poll_interval_s)
-    impressions = ImpressionLog(open_sink(settings), settings.impression_queue)
+    impressions = ImpressionWriter(open_sink(settings), settings.impression_queue)
     impressions.start()
     manager.start()
     if manager.state is None:

@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from serving.impressions import ImpressionLog
+from serving.impressions import ImpressionWriter
 from serving.state import ServingState, StateManager
 
 LATENCY_BUCKETS = (
@@ -38,7 +38,7 @@ _EXEMPLAR_ID_CHARS = 100
 
 
 class ServiceMetrics:
-    def __init__(self, manager: StateManager, impressions: ImpressionLog) -> None:
+    def __init__(self, manager: StateManager, impressions: ImpressionWriter) -> None:
         # `_created` series double the scrape and no dashboard reads them.
         prometheus_client.disable_created_metrics()
         r = self.registry = CollectorRegistry()
@@ -126,7 +126,7 @@ class StateCollector(Collector):
     """Read at every scrape: readiness, the served config and models, store health, the
     impression log's counts. Nothing here is kept twice."""
 
-    def __init__(self, manager: StateManager, impressions: ImpressionLog) -> None:
+    def __init__(self, manager: StateManager, impressions: ImpressionWriter) -> None:
         self.manager = manager
         self.impressions = impressions
 

@@ -20,7 +20,10 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
-class World:
+class DistributedWorld:
+    """This process's place in a data-parallel job (torch.distributed's "world"): its rank, the
+    number of ranks and its device. Not the simulated world (sim.world.World)."""
+
     rank: int = 0
     size: int = 1
     device: str = "cpu"
@@ -47,11 +50,11 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def init_world() -> World:
+def init_world() -> DistributedWorld:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a 1-process world."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World(device="cuda" if torch.cuda.is_available() else "cpu")
+        return DistributedWorld(device="cuda" if torch.cuda.is_available() else "cpu")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     use_cuda = torch.cuda.is_available()
@@ -59,15 +62,17 @@ def init_world() -> World:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return World(rank=rank, size=size, device=f"cuda:{local_rank}" if use_cuda else "cpu")
+    return DistributedWorld(
+        rank=rank, size=size, device=f"cuda:{local_rank}" if use_cuda else "cpu"
+    )
 
 
-def close_world(world: World) -> None:
+def close_world(world: DistributedWorld) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def all_reduce_sum(tensor: Tensor, world: World) -> Tensor:
+def all_reduce_sum(tensor: Tensor, world: DistributedWorld) -> Tensor:
     """Sum over ranks (a no-op in a 1-process world); returns a new tensor."""
     if not world.distributed:
         return tensor
@@ -76,7 +81,7 @@ def all_reduce_sum(tensor: Tensor, world: World) -> Tensor:
     return out
 
 
-def sum_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
+def sum_gradients(parameters: list[torch.nn.Parameter], world: DistributedWorld) -> None:
     """Sum `.grad` over ranks: dense gradients in one coalesced all-reduce, row-sparse ones
     (sparse embedding tables) by gathering every rank's touched rows and values and coalescing.
 
@@ -99,7 +104,7 @@ def sum_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
             p.grad = _gather_sparse(p.grad, world)
 
 
-def _gather_sparse(grad: Tensor, world: World) -> Tensor:
+def _gather_sparse(grad: Tensor, world: DistributedWorld) -> Tensor:
     """The sum over ranks of a sparse COO gradient [rows, D] (indices on dim 0), coalesced.
 
     Ranks touch different rows, so the indices and values are all-gathered (padded to the longest
@@ -124,6 +129,6 @@ def _gather_sparse(grad: Tensor, world: World) -> Tensor:
     return torch.sparse_coo_tensor(all_index.unsqueeze(0), all_values, grad.shape).coalesce()
 
 
-def barrier(world: World) -> None:
+def barrier(world: DistributedWorld) -> None:
     if world.distributed:
         dist.barrier()

@@ -47,7 +47,7 @@ from ranker.tasks import build_tasks
 from training.checkpoint import BEST, CHECKPOINT, atomic_save, load_best
 from training.config import ConfigError, TrainConfig
 from training.data import EncodedData
-from training.distributed import World, all_reduce_sum, barrier, rank_seed, sum_gradients
+from training.distributed import DistributedWorld, all_reduce_sum, barrier, rank_seed, sum_gradients
 from training.evaluate import evaluate_model, higher_is_better, lookup
 from training.optimizer import SplitOptimizer, clip_grad_norm
 from training.prepare import PreparedData
@@ -105,7 +105,7 @@ class Trainer:
         config: TrainConfig,
         data: PreparedData | StreamingData,
         run_dir: Path,
-        world: World | None = None,
+        world: DistributedWorld | None = None,
         progress: bool = True,
         equity_every: int = 10,
     ) -> None:
@@ -116,7 +116,7 @@ class Trainer:
         # weights, gradients, optimiser state and losses float32; evaluation and export float32.
         self.bfloat16 = config.train.precision == "bfloat16"
         self.run_dir = run_dir
-        self.world = world or World()
+        self.world = world or DistributedWorld()
         self.progress = progress and self.world.is_main
         # Every `equity_every` steps the Gramian is computed for logging the relative rates, even
         # for methods that do not use it, so every method gets an equity curve.

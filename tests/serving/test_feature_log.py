@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from serving.impressions import ImpressionLog, JsonlSink, RedisStreamSink
+from serving.impressions import ImpressionWriter, JsonlSink, RedisStreamSink
 from serving.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.serving.conftest import CONTEXT_FEATURES, USER_FEATURES, serve, wait_for
@@ -82,7 +82,7 @@ async def test_feature_logging_off_keeps_the_record_as_before(
 
 def test_jsonl_log_rotates_by_size_and_keeps_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "impressions.jsonl"
-    log = ImpressionLog(JsonlSink(path, max_bytes=4000, keep=2), capacity=10_000)
+    log = ImpressionWriter(JsonlSink(path, max_bytes=4000, keep=2), capacity=10_000)
     log.start()
     for i in range(600):
         log.submit({"request_id": f"r{i}", "item_ids": list(range(10)), "pad": "x" * 20})
@@ -106,7 +106,7 @@ def test_jsonl_log_rotates_by_size_and_keeps_whole_lines(tmp_path: Path) -> None
 def test_redis_stream_is_trimmed_to_about_maxlen(redis_prefix: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     stream = f"{redis_prefix}:impressions"
-    log = ImpressionLog(RedisStreamSink(client, stream, maxlen=200), capacity=10_000)
+    log = ImpressionWriter(RedisStreamSink(client, stream, maxlen=200), capacity=10_000)
     log.start()
     for i in range(3000):
         log.submit({"request_id": f"r{i}", "features": {"user": {"user_id": i}}})
@@ -156,7 +156,7 @@ def test_a_record_that_cannot_be_serialised_is_counted_and_the_writer_keeps_goin
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "impressions.jsonl"
-    log = ImpressionLog(JsonlSink(path), capacity=100)
+    log = ImpressionWriter(JsonlSink(path), capacity=100)
     log.start()
     log.submit({"request_id": "bad", "features": object()})
     log.submit({"request_id": "good"})

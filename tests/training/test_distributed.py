@@ -17,7 +17,7 @@ import torch
 from tests.training.distributed_worker import ddp_overrides
 from training.checkpoint import CHECKPOINT
 from training.config import load_config
-from training.distributed import World, rank_seed
+from training.distributed import DistributedWorld, rank_seed
 from training.prepare import prepare_data
 from training.trainer import Trainer
 
@@ -27,7 +27,7 @@ METHODS = ["ew", "uw", "famo", "emtl"]
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 @pytest.mark.parametrize("rows", [0, 1, 2, 5, 6, 9, 2048, 2049])
 def test_shard_covers_the_batch_once_with_near_equal_slices(size: int, rows: int) -> None:
-    parts = [World(rank=r, size=size).shard(rows) for r in range(size)]
+    parts = [DistributedWorld(rank=r, size=size).shard(rows) for r in range(size)]
     covered = np.concatenate([np.arange(rows)[p] for p in parts])
     assert covered.tolist() == list(range(rows))  # contiguous, disjoint, in rank order
     lengths = [p.stop - p.start for p in parts]

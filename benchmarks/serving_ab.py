@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,20 +28,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
 from benchmarks.report import machine, write_section
 from benchmarks.serving_rank import (
     DEMO_CONFIG,
     ROOT,
     build_registry,
+    experiments_file,
     free_port,
     loadgen,
     percentiles,
     request_body,
+    stop,
     wait_ready,
 )
-from ranker.scoring import DEFAULT_FORMULA
 
 
 def checkout(commit: str, paths: list[str], target: Path) -> None:
@@ -101,19 +99,7 @@ def main() -> None:
         version_dir, table, spec = build_registry(
             tmp, DEMO_CONFIG if args.model == "demo" else None
         )
-        experiments = tmp / "experiments.yaml"
-        experiments.write_text(
-            yaml.safe_dump(
-                {
-                    "version": 1,
-                    "salt": "bench",
-                    "default": {
-                        "model": {"name": "ranker", "version": version_dir.name},
-                        "score": DEFAULT_FORMULA.to_dict(),
-                    },
-                }
-            )
-        )
+        experiments = experiments_file(tmp, "ranker", version_dir)
         trees = {"A": tmp / "a", "B": tmp / "b"}
         checkout(args.base, ["ranker", "serving"], trees["A"])
         checkout(args.base, ["ranker"], trees["B"])
@@ -148,13 +134,7 @@ def main() -> None:
             result = rounds(urls, pids, body_file, args)
             log_lines = {n: (tmp / f"server-{n}.log").read_text().count("\n") for n in trees}
         finally:
-            for server in servers:
-                server.send_signal(signal.SIGTERM)
-            for server in servers:
-                try:
-                    server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            stop(servers)
     result.update(base=args.base, head=args.head or "working tree", count=args.count)
     result.update(machine=machine(), log_lines=log_lines, load=(load_before, os.getloadavg()[0]))
     print(json.dumps(result))

@@ -25,18 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks.serving_rank import (
     CONFIG,
     DEMO_CONFIG,
     ROOT,
     build_registry,
+    experiments_file,
     free_port,
     request_body,
     wait_ready,
 )
-from ranker.scoring import DEFAULT_FORMULA
 
 
 def summarise(raw: Path, top: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -83,19 +81,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         config = CONFIG if args.model == "benchmark" else DEMO_CONFIG
         version_dir, table, spec = build_registry(tmp, config)
-        experiments = tmp / "experiments.yaml"
-        experiments.write_text(
-            yaml.safe_dump(
-                {
-                    "version": 1,
-                    "salt": "bench",
-                    "default": {
-                        "model": {"name": "ranker", "version": version_dir.name},
-                        "score": DEFAULT_FORMULA.to_dict(),
-                    },
-                }
-            )
-        )
+        experiments = experiments_file(tmp, "ranker", version_dir)
         port = free_port()
         counts = [int(c) for c in args.counts.split(",")]
         env = {

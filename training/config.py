@@ -113,6 +113,12 @@ class TrainLoop:
     # bfloat16; weights, gradients, optimiser state and losses float32; about 2x faster matrix
     # products on CPUs with AVX-512 BF16 or AMX, and on GPUs). Evaluation and export: float32.
     precision: str = "float32"
+    # Under torchrun: all-reduce the dense gradients bucket by bucket while the backward runs
+    # (training/grad_reducer.py); false: one all-reduce after the backward. Same sums either way.
+    overlap_allreduce: bool = True
+    # Size of one all-reduce bucket in MiB when overlap_allreduce is on: small enough that the
+    # experts' gradients (a few MB) span several buckets, or nothing starts before the end.
+    bucket_mb: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -422,6 +428,8 @@ def _check_loop(loop: TrainLoop, tasks: Sequence[str]) -> None:
         raise ConfigError(
             f"train.precision: must be 'float32' or 'bfloat16', got {loop.precision!r}"
         )
+    if loop.bucket_mb <= 0:
+        raise ConfigError(f"train.bucket_mb: must be > 0, got {loop.bucket_mb}")
     from training.evaluate import metric_keys
 
     keys = metric_keys(tasks)

@@ -11,6 +11,7 @@ rank. Dropout masks differ by rank (`rank_seed`); the data order does not. gloo 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,13 +82,14 @@ def all_reduce_sum(tensor: Tensor, world: DistributedWorld) -> Tensor:
     return out
 
 
-def sum_gradients(parameters: list[torch.nn.Parameter], world: DistributedWorld) -> None:
+def sum_gradients(parameters: Sequence[Tensor], world: DistributedWorld) -> None:
     """Sum `.grad` over ranks: dense gradients in one coalesced all-reduce, row-sparse ones
     (sparse embedding tables) by gathering every rank's touched rows and values and coalescing.
 
     Each rank's gradients must already carry its share of the global batch (the trainer scales
     its losses by local rows / global rows), so the sum is the global batch's gradient. Every
     rank must hold a gradient for the same parameters (a rank with no rows still runs a backward).
+    The trainer's default overlaps this with the backward instead (training/grad_reducer.py).
     """
     if not world.distributed:
         return
@@ -101,10 +103,10 @@ def sum_gradients(parameters: list[torch.nn.Parameter], world: DistributedWorld)
             offset += g.numel()
     for p in parameters:
         if p.grad is not None and p.grad.is_sparse:
-            p.grad = _gather_sparse(p.grad, world)
+            p.grad = gather_sparse(p.grad, world)
 
 
-def _gather_sparse(grad: Tensor, world: DistributedWorld) -> Tensor:
+def gather_sparse(grad: Tensor, world: DistributedWorld) -> Tensor:
     """The sum over ranks of a sparse COO gradient [rows, D] (indices on dim 0), coalesced.
 
     Ranks touch different rows, so the indices and values are all-gathered (padded to the longest

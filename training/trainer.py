@@ -47,8 +47,9 @@ from ranker.tasks import build_tasks
 from training.checkpoint import BEST, CHECKPOINT, atomic_save, load_best
 from training.config import ConfigError, TrainConfig
 from training.data import EncodedData
-from training.distributed import DistributedWorld, all_reduce_sum, barrier, rank_seed, sum_gradients
+from training.distributed import DistributedWorld, all_reduce_sum, barrier, rank_seed
 from training.evaluate import evaluate_model, higher_is_better, lookup
+from training.grad_reducer import GradientSync, gradient_sync
 from training.optimizer import SplitOptimizer, clip_grad_norm
 from training.prepare import PreparedData
 from training.stream import StreamingData, StreamSplit, evaluate_stream
@@ -144,6 +145,7 @@ class Trainer:
             )
         sparse = use_sparse_gradients(self.wrapper) if config.optimizer.sparse_embeddings else []
         self.optimizer = SplitOptimizer(groups, sparse, config.optimizer.weight_decay)
+        self.gradients = self._gradient_sync()
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -154,6 +156,19 @@ class Trainer:
         # Size of the last checkpoint written (bytes) and the step it holds (None: none yet).
         self.checkpoint_bytes = 0
         self._saved_step: int | None = None
+
+    def _gradient_sync(self) -> GradientSync:
+        """How gradients are summed over ranks: all-reduced bucket by bucket during the backward
+        (`train.overlap_allreduce`), or in one all-reduce after it. Dense parameters are passed in
+        module order, the order the buckets are cut in."""
+        loop = self.config.train
+        modules = itertools.chain(self.wrapper.parameters(), self.balancer.parameters())
+        order = {id(p): i for i, p in enumerate(modules)}
+        dense = [p for g in self.optimizer.dense.param_groups for p in g["params"]]
+        dense.sort(key=lambda p: order.get(id(p), len(order)))
+        sparse_groups = [] if self.optimizer.sparse is None else self.optimizer.sparse.param_groups
+        sparse = [p for g in sparse_groups for p in g["params"]]
+        return gradient_sync(dense, sparse, self.world, loop.overlap_allreduce, loop.bucket_mb)
 
     @property
     def model(self) -> MultiTaskModel:
@@ -220,8 +235,7 @@ class Trainer:
         if out.penalty is not None:  # embedding L2: no task's, so outside the balancer
             total = total + out.penalty * share
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]], world)
+        self.gradients.backward(total)  # the gradients come back summed over ranks
         if self.config.optimizer.clip_norm > 0:
             clip_grad_norm(self.wrapper.parameters(), self.config.optimizer.clip_norm)
         self.optimizer.step()

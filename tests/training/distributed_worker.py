@@ -32,20 +32,32 @@ def train_methods(log: Path, out: Path, batch_size: int, methods: list[str]) -> 
         close_world(world)
 
 
+# What a `+flag` after a method name adds to its run.
+FLAGS = {
+    # the streaming path: each rank reads its own row groups
+    "stream": ["data.stream=true", "data.shuffle_buffer_rows=500"],
+    # one all-reduce after the backward instead of buckets during it
+    "after": ["train.overlap_allreduce=false"],
+    "params": ["balancer.gradients=parameters"],
+    "bf16": ["train.precision=bfloat16"],
+}
+
+
 def ddp_overrides(log: Path, run_dir: Path, batch_size: int, method: str) -> list[str]:
-    """One whole epoch (no step cap, so the last partial batch runs), dropout off. A method
-    named `NAME+stream` trains NAME on the streaming path (each rank reads its own row groups)."""
-    method, _, stream = method.partition("+")
-    streaming = ["data.stream=true", "data.shuffle_buffer_rows=500"] if stream else []
+    """One whole epoch (no step cap, so the last partial batch runs), dropout off, all-reduce
+    buckets of about 1 KB (the tiny model's gradients span several). `NAME+flag+...` trains
+    NAME with each flag's overrides (FLAGS), e.g. `emtl+stream`."""
+    method, *flags = method.split("+")
     return tiny_overrides(
         log,
         run_dir,
-        *streaming,
+        *(key for flag in flags for key in FLAGS[flag]),
         f"balancer.name={method}",
         "train.epochs=1",
         f"train.batch_size={batch_size}",
         "train.max_steps_per_epoch=null",
         "model.config.dropout=0.0",
+        "train.bucket_mb=0.001",
     )
 
 

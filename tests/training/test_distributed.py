@@ -1,5 +1,6 @@
 """Data parallelism under real `torchrun` (2 ranks, gloo): a last batch of one row leaves a rank
-without rows; every balancer still gets finite global losses and the run equals one process."""
+without rows; every balancer still gets finite global losses and the run equals one process,
+with the gradient all-reduce overlapped with the backward (the default) or after it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from training.prepare import prepare_data
 from training.trainer import Trainer
 
 METHODS = ["ew", "uw", "famo", "emtl"]
+# Also compared with one process: EMTL's Gramian on the parameters (torch.autograd.grad beside
+# the all-reduce hooks) and the all-reduce after the backward (train.overlap_allreduce=false).
+MORE = ["emtl+params", "ew+after", "emtl+after"]
+# Run overlapped and after the backward and compared with each other: identical bits.
+PAIRS = [("ew", "ew+after"), ("emtl", "emtl+after"), ("ew+bf16", "ew+bf16+after")]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
@@ -71,17 +77,23 @@ def test_two_ranks_with_a_one_row_last_batch_equal_one_process(
         str(parallel),
         str(batch),
         *METHODS,
+        *MORE,
+        "ew+bf16",
+        "ew+bf16+after",
         "emtl+stream",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    for method in METHODS:
-        single = tmp_path / "single" / method
-        config = load_config(None, ddp_overrides(tiny_log, single, batch, method))
-        data = prepare_data(config)
-        assert data.train.rows % batch == 1
-        Trainer(config, data, single, progress=False).fit()
+    for overlapped, after in PAIRS:
+        _assert_identical(parallel / overlapped, parallel / after)
+    for method in [*METHODS, *MORE]:
+        single = tmp_path / "single" / method.removesuffix("+after")
+        if not single.exists():
+            config = load_config(None, ddp_overrides(tiny_log, single, batch, method))
+            data = prepare_data(config)
+            assert data.train.rows % batch == 1
+            Trainer(config, data, single, progress=False).fit()
         _assert_same_run(single, parallel / method, method)
         seeds = [int((parallel / method / f"seed_rank{r}.txt").read_text()) for r in (0, 1)]
         assert seeds == [rank_seed(0, 0, 0), rank_seed(0, 0, 1)]  # per-rank dropout draws
@@ -91,6 +103,16 @@ def test_two_ranks_with_a_one_row_last_batch_equal_one_process(
     assert streamed["step"] >= -(-3171 // batch)
     for name, value in streamed["wrapper_state"].items():
         assert torch.isfinite(value).all(), f"streaming: {name} not finite"
+
+
+def _assert_identical(overlapped: Path, after: Path) -> None:
+    """Two ranks' sums are one addition either way, so the two paths train the same bits."""
+    a = torch.load(overlapped / CHECKPOINT, weights_only=True)
+    b = torch.load(after / CHECKPOINT, weights_only=True)
+    assert a["step"] == b["step"]
+    for part in ("wrapper_state", "balancer_state"):
+        for name, value in a[part].items():
+            assert torch.equal(value, b[part][name]), f"{overlapped.name}: {name}"
 
 
 def _assert_same_run(single: Path, parallel: Path, method: str) -> None:

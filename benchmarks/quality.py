@@ -233,14 +233,22 @@ def render(
     return "\n".join(lines)
 
 
-def write_results_section(body: str) -> None:
-    """Replace (or append) the `quality` section of docs/results.md."""
+def write_results_section(
+    body: str,
+    name: str = "quality",
+    title: str = "Quality benchmark: captured share of the oracle",
+    after: str | None = None,
+) -> None:
+    """Replace the section `name` of docs/results.md; a new one goes right after the marker
+    `after` when the doc has it (benchmarks.quality_ceiling follows this section), else last."""
     text = RESULTS_DOC.read_text() if RESULTS_DOC.exists() else "# Results\n"
-    start, end = "<!-- quality:start -->", "<!-- quality:end -->"
-    block = f"{start}\n## Quality benchmark: captured share of the oracle\n\n{body.rstrip()}\n{end}"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n## {title}\n\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
+    elif after is not None and after in text:
+        text = text.replace(after, f"{after}\n\n{block}", 1)
     else:
         text = f"{text.rstrip()}\n\n{block}\n"
     RESULTS_DOC.write_text(text)

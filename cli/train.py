@@ -65,13 +65,20 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
     if args.quantize:
+        if args.batched:
+            raise ValueError(
+                "--batched and --quantize: int8 is checked on the single-request graph"
+            )
         from cli.quantize import export_quantized
 
         return export_quantized(args)
 
-    manifest = export_run(Path(args.run_dir), Path(args.registry), args.name, parent=args.parent)
+    manifest = export_run(
+        Path(args.run_dir), Path(args.registry), args.name, parent=args.parent, batched=args.batched
+    )
+    graph = " (batched graph)" if manifest.batched else ""
     print(
-        f"exported {args.name} version {manifest.version} to {Path(args.registry) / args.name / manifest.version}"
+        f"exported {args.name} version {manifest.version}{graph} to {Path(args.registry) / args.name / manifest.version}"
     )
     print(f"ONNX vs PyTorch max abs diff: {manifest.exporter.get('parity_max_diff')}")
     print(manifest.version)
@@ -101,4 +108,10 @@ def register(add: AddCommand) -> None:
     ex.add_argument("--registry", default="models", help="model registry root")
     ex.add_argument("--name", default="ranker", help="model name in the registry")
     ex.add_argument("--parent", help="version this model would replace (recorded in the manifest)")
+    ex.add_argument(
+        "--batched",
+        action="store_true",
+        help="publish the batched graph (many requests per run), which the service's dynamic "
+        "batcher feeds when RANKER_BATCH_MAX_REQUESTS > 1",
+    )
     quantize.add_arguments(ex)

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ranker.registry import MODEL_FILE, Manifest, RegistryError, model_path, verify
+from ranker.registry import (
+    MODEL_FILE,
+    REQUEST_INDEX,
+    Manifest,
+    RegistryError,
+    model_path,
+    verify,
+)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -161,14 +168,19 @@ class OnnxModel:
         dtype: type[np.floating] = np.float64,
     ) -> dict[str, np.ndarray]:
         """Output -> predictions [rows] for row-wise inputs (user inputs one row per item), run in
-        slices of `batch` rows. A graph input missing from `inputs` raises OnnxModelError."""
-        missing = [n for n in self.input_names if n not in inputs]
+        slices of `batch` rows. A graph input missing from `inputs` raises OnnxModelError; a
+        batched graph's REQUEST_INDEX is made here (row-wise: item i reads user row i)."""
+        index = REQUEST_INDEX in self.input_names and REQUEST_INDEX not in inputs
+        names = [n for n in self.input_names if not (index and n == REQUEST_INDEX)]
+        missing = [n for n in names if n not in inputs]
         if missing:
             raise OnnxModelError(f"the inputs have no {missing} (have {sorted(inputs)})")
-        rows = len(inputs[self.input_names[0]]) if self.input_names else 0
+        rows = len(inputs[names[0]]) if names else 0
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         for start in range(0, rows, batch):
-            feeds = {n: inputs[n][start : start + batch] for n in self.input_names}
+            feeds = {n: inputs[n][start : start + batch] for n in names}
+            if index:
+                feeds[REQUEST_INDEX] = np.arange(min(batch, rows - start), dtype=np.int64)
             for name, values in zip(self.outputs, self.run(feeds), strict=True):
                 parts[name].append(np.asarray(values, dtype=dtype).reshape(-1))
         return {

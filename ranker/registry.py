@@ -18,7 +18,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 TMP_PREFIX = ".tmp-"
+# The batched graph's extra int64 input [N]: each item's row in the user inputs (user rows [B]).
+REQUEST_INDEX = "request_index"
 
 _VERSION = re.compile(r"v(\d{4,})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -70,6 +72,9 @@ class Manifest:
     hparams: dict[str, Any]
     # Exporter name and versions, parity rows and the measured ONNX-vs-torch difference.
     exporter: dict[str, Any]
+    # True when model.onnx is the batched graph (user rows [B], item rows [N] and REQUEST_INDEX
+    # [N]) that a dynamic batcher can feed many requests at once; absent in older manifests.
+    batched: bool = False
     format: int = MANIFEST_FORMAT
 
     def __post_init__(self) -> None:
@@ -106,7 +111,8 @@ class Manifest:
                 f"(this code reads {MANIFEST_FORMAT})"
             )
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in doc and n != "format"]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = [n for n in names if n not in doc and n not in optional]
         if missing:
             raise RegistryError(f"{source}: missing keys {missing}")
         unknown = sorted(set(doc) - set(names))
@@ -115,6 +121,8 @@ class Manifest:
         for key, kind in (("tasks", list), ("outputs", list), ("inputs", dict), ("sha256", str)):
             if not isinstance(doc[key], kind):
                 raise RegistryError(f"{source}: {key!r} must be a {kind.__name__}")
+        if not isinstance(doc.get("batched", False), bool):
+            raise RegistryError(f"{source}: 'batched' must be true or false")
         return cls(**{n: doc[n] for n in names if n in doc})
 
 
@@ -286,6 +294,7 @@ class Publication:
     model_kind: str
     hparams: Mapping[str, Any]
     exporter: Mapping[str, Any]
+    batched: bool = False
 
     def manifest(self, name: str, version: str, sha256: str) -> Manifest:
         return Manifest(
@@ -304,6 +313,7 @@ class Publication:
             model_kind=self.model_kind,
             hparams=dict(self.hparams),
             exporter=dict(self.exporter),
+            batched=self.batched,
         )
 
 

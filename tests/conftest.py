@@ -3,6 +3,7 @@ one registry holding its export. Read-only by convention: a test that changes fi
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -112,6 +113,19 @@ def tiny_registry(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     registry = tmp_path_factory.mktemp("tiny_registry")
     export_run(tiny_run, registry, "ranker")
+    return registry
+
+
+@pytest.fixture(scope="session")
+def tiny_batched_registry(
+    tiny_registry: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny registry plus ranker/v0002: the same run exported as the batched graph."""
+    from training.export import export_run
+
+    registry = tmp_path_factory.mktemp("tiny_batched") / "models"
+    shutil.copytree(tiny_registry, registry)
+    export_run(tiny_run, registry, "ranker", batched=True)
     return registry
 
 

@@ -4,7 +4,9 @@ The graph takes the model's inputs as they are: `user_*` with a batch axis `user
 request, or N for row-wise scoring) and `item_*` with the candidate axis `candidates`; one output
 per task, in task order and natural units. Dense statistics are buffers, so they are in the graph.
 Before publishing, ONNX Runtime (CPU) must match torch eager on held-out rows of the run's own log,
-in both layouts, within `tolerance`.
+in both layouts, within `tolerance`. `batched=True` publishes the batched graph instead (user rows
+of several requests, `request_index`; the manifest says `batched: true`), checked in a third
+layout too: the held-out requests merged into one run.
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def export_run(
     tolerance: float = 1e-4,
     parent: str | None = None,
     data_paths: Sequence[str | Path] | None = None,
+    batched: bool = False,
 ) -> Manifest:
     """Export `run_dir`'s best.pt to ONNX, check parity, publish as the next version of `name`.
 
     `data_paths` replaces the log paths recorded in the run's config (e.g. when the log moved).
+    `batched` publishes the graph a dynamic batcher feeds (serving's RANKER_BATCH_MAX_REQUESTS).
     Parity is max |onnx - torch| / max(1, |torch|): absolute for probabilities, relative for
     watch_time above one second.
     """
@@ -74,7 +78,8 @@ def export_run(
             f"{paths}: fewer than 2 held-out rows on days {days} for the parity check"
         )
 
-    model_bytes = to_onnx(model, {k: v[:2] for k, v in rows.inputs.items()}, opset)
+    example = {k: v[:2] for k, v in rows.inputs.items()}
+    model_bytes = to_onnx(model, example, opset, batched=batched)
     parity = check_parity(model_bytes, model, rows, tolerance)
     exporter = {
         "name": EXPORTER,
@@ -85,7 +90,7 @@ def export_run(
         "tolerance": tolerance,
         **parity,
     }
-    publication = _publication(model, spec, state, run_metrics, opset, parent, exporter)
+    publication = _publication(model, spec, state, run_metrics, opset, parent, exporter, batched)
     manifest = publish(registry_root, name, model_bytes, publication)
     if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
         from training.tracking import log_export
@@ -121,6 +126,7 @@ def _publication(
     opset: int,
     parent: str | None,
     exporter: dict[str, Any],
+    batched: bool,
 ) -> Publication:
     """What the exporter says about the model (the registry adds name, version, time, sha256)."""
     encoder = FeatureEncoder(spec)
@@ -142,6 +148,7 @@ def _publication(
         model_kind=hparams["kind"],
         hparams=hparams,
         exporter=exporter,
+        batched=batched,
     )
 
 
@@ -255,8 +262,8 @@ def check_parity(
     model_bytes: bytes, model: MultiTaskModel, data: EncodedData, tolerance: float
 ) -> dict[str, Any]:
     """ONNX Runtime (CPU) vs torch eager, row-wise (user batch N) and per request (user batch 1,
-    the first few requests). Returns the differences per layout and task; ExportError above
-    `tolerance`."""
+    the first few requests); for a batched graph also those requests merged into one run.
+    Returns the differences per layout and task; ExportError above `tolerance`."""
     try:
         session = OnnxModel(model_bytes)
     except OnnxModelError as exc:
@@ -265,8 +272,13 @@ def check_parity(
         raise ExportError(
             f"ONNX outputs {list(session.outputs)} differ from the tasks {model.task_names}"
         )
+    batched = REQUEST_INDEX in session.input_names
 
     def compare(feeds: dict[str, np.ndarray]) -> dict[str, float]:
+        if batched and REQUEST_INDEX not in feeds:  # user rows 1 (all items) or N (row i)
+            users = len(next(v for k, v in feeds.items() if k.startswith("user_")))
+            items = len(next(v for k, v in feeds.items() if k.startswith("item_")))
+            feeds = {**feeds, REQUEST_INDEX: np.arange(items, dtype=np.int64) % users}
         try:
             got = session.run(feeds)
         except Exception as exc:  # ORT raises its own types; the message is what matters
@@ -282,24 +294,32 @@ def check_parity(
     _, first = np.unique(data.request_id, return_index=True)
     per_request = dict.fromkeys(model.task_names, 0.0)
     requests = data.request_id[np.sort(first)][:PARITY_REQUESTS]
+    singles = []
     for request in requests:
         index = np.flatnonzero(data.request_id == request)
         feeds = {
             k: np.ascontiguousarray(v[index[:1]] if k.startswith("user_") else v[index])
             for k, v in inputs.items()
         }
+        singles.append(feeds)
         for task, diff in compare(feeds).items():
             per_request[task] = max(per_request[task], diff)
-    worst = max([*rowwise.values(), *per_request.values()])
+    layouts = {"rowwise": rowwise, "per_request": per_request}
+    if batched:  # the requests as a dynamic batcher merges them (serving.batching.merge)
+        merged = {k: np.concatenate([f[k] for f in singles]) for k in inputs}
+        counts = [len(f[next(k for k in f if k.startswith("item_"))]) for f in singles]
+        merged[REQUEST_INDEX] = np.repeat(np.arange(len(singles), dtype=np.int64), counts)
+        layouts["batched"] = compare(merged)
+    worst = max(d for layout in layouts.values() for d in layout.values())
     if not worst <= tolerance:  # NaN fails too
         raise ExportError(
             f"ONNX and PyTorch predictions differ by {worst:.3g} > tolerance {tolerance:g}: "
-            f"row-wise {rowwise}, per request {per_request}"
+            + ", ".join(f"{name} {diffs}" for name, diffs in layouts.items())
         )
     return {
         "parity_rows": data.rows,
         "parity_requests": len(requests),
         "parity_metric": "max |onnx - torch| / max(1, |torch|)",
-        "parity": {"rowwise": rowwise, "per_request": per_request},
+        "parity": layouts,
         "parity_max_diff": worst,
     }

@@ -258,6 +258,10 @@ def _fp32_parent(version_dir: Path) -> tuple[Manifest, list[str], list[str]]:
         raise QuantizeError(str(exc)) from None
     if "quantization" in parent.exporter:
         raise QuantizeError(f"{version_dir}: already an int8 version; quantise its fp32 parent")
+    if parent.batched:  # its parity and contract checks feed one request per run
+        raise QuantizeError(
+            f"{version_dir}: a batched graph; quantise a single-request export of the same run"
+        )
     window = parent.data_window
     valid_days = list(window.get("valid") or window.get("test") or [])
     train_days = list(window.get("train") or [])

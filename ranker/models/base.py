@@ -17,12 +17,13 @@ from torch import Tensor, nn
 from ranker.models.inputs import InputLayer
 from ranker.models.losses import task_output
 from ranker.models.towers import TaskTowers
+from ranker.registry import REQUEST_INDEX as REQUEST_INDEX
 from ranker.schema import FeatureSpec
 from ranker.tasks import Task
 
-# Extra input of the batched graph: for each item row, the row of its request in the user inputs
-# ([N] int64). Without it the user inputs have batch 1 (one request) or N (row-wise).
-REQUEST_INDEX = "request_index"
+# REQUEST_INDEX, the batched graph's extra input (named in ranker.registry, which serving reads
+# without torch): for each item row, the row of its request in the user inputs ([N] int64).
+# Without it the user inputs have batch 1 (one request) or N (row-wise).
 
 
 @dataclass(frozen=True)

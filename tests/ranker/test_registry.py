@@ -218,6 +218,23 @@ def test_manifest_rejects_unknown_format_and_keys() -> None:
         Manifest.from_dict({**doc, "format": 99}, "x.json")
 
 
+def test_batched_defaults_to_false_for_manifests_written_before_it() -> None:
+    doc = Manifest(
+        name="m", version="v0001", created_at="now", sha256="0" * 64, **fields()
+    ).to_dict()
+    assert doc["batched"] is False
+    del doc["batched"]
+    assert Manifest.from_dict(doc).batched is False
+    assert Manifest.from_dict({**doc, "batched": True}).batched is True
+    with pytest.raises(RegistryError, match="'batched' must be true or false"):
+        Manifest.from_dict({**doc, "batched": "yes"}, "x.json")
+
+
+def test_publication_records_a_batched_graph(tmp_path: Path) -> None:
+    manifest = publish(tmp_path, "m", MODEL, Publication(**fields(), batched=True))
+    assert manifest.batched and load_manifest(tmp_path / "m" / "v0001").batched
+
+
 PUBLISH_AND_VERIFY = """
 import tempfile
 from ranker import registry

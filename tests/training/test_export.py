@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ranker.models import build_model
+from ranker.models import REQUEST_INDEX, build_model
+from ranker.onnx_model import OnnxModel
 from ranker.registry import Manifest, list_versions, load_manifest, model_path, verify
 from ranker.schema import FeatureSpec
 from sim.simulate import SimulatorConfig, simulate
@@ -159,6 +160,26 @@ def test_onnx_matches_torch_rowwise_and_per_request(exported: dict[str, Exported
         assert parity["parity_rows"] == 512 and parity["parity_requests"] == 8
         assert 0 <= parity["parity_max_diff"] <= 1e-4
         assert set(parity["parity"]) == {"rowwise", "per_request"}
+
+
+def test_batched_export_is_checked_in_three_layouts_and_scores_rows_like_the_single_graph(
+    tiny_batched_registry: Path, tiny_log: Path
+) -> None:
+    single, batched = (
+        load_manifest(tiny_batched_registry / "ranker" / v) for v in ("v0001", "v0002")
+    )
+    assert (single.batched, batched.batched) == (False, True)
+    assert set(batched.exporter["parity"]) == {"rowwise", "per_request", "batched"}
+    assert 0 <= batched.exporter["parity_max_diff"] <= 1e-4
+    session = OnnxModel(model_path(tiny_batched_registry, "ranker", "v0002").read_bytes())
+    assert REQUEST_INDEX in session.input_names
+    # Offline scoring (tuning, retraining) feeds rows: request_index is made for them.
+    spec = batched.spec()
+    rows = held_out_rows([tiny_log], spec, batched.data_window["test"], 300, False)
+    one = OnnxModel(model_path(tiny_batched_registry, "ranker", "v0001").read_bytes())
+    got = session.predict_rows(rows.inputs, batch=128)
+    for task, want in one.predict_rows(rows.inputs, batch=128).items():
+        np.testing.assert_allclose(got[task], want, rtol=1e-5, atol=1e-6)
 
 
 def test_manifest_carries_spec_metrics_and_lineage(exported: dict[str, Exported]) -> None:

@@ -222,3 +222,15 @@ def test_bad_options_and_missing_versions_are_named(registry: Path, tiny_run: Pa
         quantize_version(registry, "ranker", "v0009", paths)
     with pytest.raises(QuantizeError, match="cannot read the training log"):
         quantize_version(registry, "ranker", "v0001", [str(registry / "nowhere")])
+
+
+def test_a_batched_graph_is_not_quantised(
+    tiny_batched_registry: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths, _ = run_log(tiny_run)
+    with pytest.raises(QuantizeError, match="a batched graph"):
+        quantize_version(tiny_batched_registry, "ranker", "v0002", paths)
+    args = ["export", str(tiny_run), "--registry", str(tiny_batched_registry)]
+    assert cli_main([*args, "--batched", "--quantize", "int8"]) == 2
+    assert "--batched and --quantize" in capsys.readouterr().err
+    assert list_versions(tiny_batched_registry, "ranker") == ["v0001", "v0002"]

@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await service.close_batchers()
             await asyncio.to_thread(service.close)
 
     app = FastAPI(

@@ -21,8 +21,7 @@ from itertools import pairwise
 
 import numpy as np
 
-# The batched graph's extra input (ranker.models.REQUEST_INDEX; serving never imports torch).
-REQUEST_INDEX = "request_index"
+from ranker.registry import REQUEST_INDEX
 
 Feeds = Mapping[str, np.ndarray]
 # One run of the batched graph: merged feeds -> one array per output, N_total rows each.
@@ -68,6 +67,9 @@ class RequestBatcher:
     event loop keeps accepting requests while the graph runs), hand each caller its own rows.
 
     One batch runs at a time: the accelerator is one device, and the next batch fills meanwhile.
+    The worker task lives while requests are queued: once a batch leaves the queue empty it ends,
+    and the next request starts another, so an idle batcher (one of a version a swap dropped)
+    holds nothing but its counters.
     """
 
     def __init__(
@@ -91,6 +93,11 @@ class RequestBatcher:
         self._worker: asyncio.Task[None] | None = None
         # Requests per batch -> batches run (bounded: at most max_batch keys), for tests and metrics.
         self.batch_sizes: Counter[int] = Counter()
+
+    @property
+    def running(self) -> bool:
+        """True while a worker serves queued requests (it ends once the queue is empty)."""
+        return self._worker is not None and not self._worker.done()
 
     async def predict(self, user: Feeds, item: Feeds) -> list[np.ndarray]:
         """One request's outputs (one array per graph output, its candidates' rows)."""
@@ -131,7 +138,9 @@ class RequestBatcher:
     async def _serve(self) -> None:
         assert self._queue is not None
         queue, loop = self._queue, asyncio.get_running_loop()
-        while True:
+        # No await between this check and the return: `predict` sees the task done and starts
+        # another, never a queue that no worker reads.
+        while not queue.empty():
             batch = [p for p in await self._gather(queue) if not p.future.cancelled()]
             if not batch:
                 continue

@@ -4,6 +4,10 @@ The verified session itself is `ranker.onnx_model` (shared with tuning, retraini
 this pool adds what serving needs: the settings' providers and threads, the check that manifest,
 feature spec and graph agree, and a warm-up. The graph takes the user group with batch 1 and the
 item group with batch N and broadcasts the user side inside, so a request costs one `run`.
+
+A version exported with `--batched` (manifest `batched: true`) takes the user rows of several
+requests and `request_index`; with RANKER_BATCH_MAX_REQUESTS > 1 it gets a RequestBatcher that
+merges concurrent requests into one run, otherwise each request runs it alone (request_index 0).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from ranker.onnx_model import (
     read_verified,
     usable_providers,
 )
-from ranker.registry import Manifest, RegistryError, model_path, verify
+from ranker.registry import REQUEST_INDEX, Manifest, RegistryError, model_path, verify
 from ranker.schema import FeatureSpec, SpecError
+from serving.batching import RequestBatcher, merge
 from serving.settings import CUDA, Settings
 
 log = logging.getLogger("ranker.serving.models")
@@ -68,6 +73,9 @@ class LoadedModel:
     requested: tuple[str, ...]
     provider: str
     load_seconds: float
+    # The version's dynamic batcher when batching is on and its graph is batched; None: each
+    # request runs inline (`predict`).
+    batcher: RequestBatcher | None = field(default=None, repr=False, compare=False)
 
     @property
     def fallback(self) -> bool:
@@ -76,18 +84,39 @@ class LoadedModel:
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run; task -> predictions [N] in natural units, in the manifest's task order."""
-        outputs = self.onnx.run(feeds)
+        if self.manifest.batched:  # the batched graph for one request: every item reads user row 0
+            n = len(feeds[self.manifest.inputs["item"][0]])
+            feeds = {**feeds, REQUEST_INDEX: np.zeros(n, dtype=np.int64)}
+        return self._tasks(self.onnx.run(feeds))
+
+    async def predict_batched(
+        self, user: Mapping[str, np.ndarray], item: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """`predict` through the batcher: this request's rows of a run shared with the requests
+        that arrived with it (the run on an executor thread; the event loop keeps serving)."""
+        assert self.batcher is not None, f"model {self.ref} has no batcher"
+        return self._tasks(await self.batcher.predict(user, item))
+
+    def _tasks(self, outputs: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
         return {
             task: np.asarray(out).reshape(-1) for task, out in zip(self.tasks, outputs, strict=True)
         }
 
     def warm(self, counts: Iterable[int]) -> None:
-        """Run once per candidate count so allocations and kernels are ready before serving."""
+        """Run once per candidate count so allocations and kernels are ready before serving
+        (with a batcher, also two requests merged, the shapes batches take)."""
         user = self.encoder.encode_group("user", {}, 1)
         for count in counts:
             items = {"item_id": np.arange(count, dtype=np.int64)}
             item = self.encoder.encode_group("item", items, count)
             self.predict({**user, **item})
+            if self.batcher is not None:
+                self.onnx.run(merge([(user, item), (user, item)])[0])
+
+    async def close(self) -> None:
+        """Stop the batcher's worker, if any (requests still queued fail)."""
+        if self.batcher is not None:
+            await self.batcher.close()
 
 
 def runtime_options(settings: Settings, providers: tuple[str, ...]) -> RuntimeOptions:
@@ -173,6 +202,7 @@ class ModelPool:
             requested=tuple(self.settings.providers),
             provider=onnx.provider,
             load_seconds=0.0,
+            batcher=self._batcher(ref, manifest, onnx),
         )
         try:
             model.warm(self.settings.warmup_counts)
@@ -181,6 +211,26 @@ class ModelPool:
         seconds = time.perf_counter() - started
         log.info("model %s loaded on %s and warmed in %.2f s", ref, onnx.provider, seconds)
         return replace(model, load_seconds=seconds)
+
+    def _batcher(self, ref: ModelRef, manifest: Manifest, onnx: OnnxModel) -> RequestBatcher | None:
+        """A dynamic batcher for a batched graph when batching is on (RANKER_BATCH_MAX_REQUESTS);
+        its runs go to the event loop's default executor, so it owns no thread to close."""
+        settings = self.settings
+        if not settings.batching:
+            return None
+        if not manifest.batched:
+            log.warning(
+                "model %s: RANKER_BATCH_MAX_REQUESTS=%d but its graph is not batched (export it "
+                "with `ranker export --batched`); serving it one request per run",
+                ref,
+                settings.batch_max_requests,
+            )
+            return None
+        return RequestBatcher(
+            onnx.run,
+            max_batch=settings.batch_max_requests,
+            max_delay_us=settings.batch_max_delay_us,
+        )
 
     def _session(self, ref: ModelRef) -> tuple[Manifest, OnnxModel]:
         """The version's verified manifest and session (ModelError naming the ref otherwise)."""
@@ -208,6 +258,7 @@ def check_io(ref: ModelRef, manifest: Manifest, encoder: FeatureEncoder, onnx: O
                 f"from the feature spec's {encoder.input_names(group)}"
             )
     graph_inputs = sorted(onnx.input_names)
-    wanted_inputs = sorted(manifest.inputs.get("user", []) + manifest.inputs.get("item", []))
+    wanted_inputs = manifest.inputs.get("user", []) + manifest.inputs.get("item", [])
+    wanted_inputs = sorted(wanted_inputs + ([REQUEST_INDEX] if manifest.batched else []))
     if graph_inputs != wanted_inputs:
         raise ModelError(f"model {ref}: graph inputs {graph_inputs} != manifest {wanted_inputs}")

@@ -1,15 +1,19 @@
 """One /rank request against one serving state: assign, build columns, encode, one ONNX run,
 score, sort, cut, and the impression record of what was served.
 
-Pure computation on an immutable state (no I/O), so it runs inline on the event loop: a thread
-hop would cost more than it frees on two cores. Errors are ApiErrors: 422 for input the model's
-feature spec refuses, 503 when the model itself fails (the caller keeps serving).
+Pure computation on an immutable state (no I/O), so `rank` runs inline on the event loop: a thread
+hop would cost more than it frees on two cores. A state with dynamic batching on (a version with
+a RequestBatcher, serving/models.py) is ranked by `rank_batched`, the same steps with the ONNX run
+awaited: it happens on a thread, in one run with the requests that arrived meanwhile. Errors are
+ApiErrors: 422 for input the model's feature spec refuses, 503 when the model itself fails (the
+caller keeps serving; a failed batch fails each of its requests alike).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,27 +51,75 @@ class RankResult:
     impression: dict[str, Any]
 
 
+Feeds = dict[str, np.ndarray]
+
+
 def rank(state: ServingState, request: RankRequest, log_features: bool = False) -> RankResult:
+    assignment, model, items, user, item = encode(state, request)
+    user.update(item)  # one run takes both groups
+    started = time.perf_counter()
+    try:
+        predictions = model.predict(user)
+    except Exception as exc:  # ORT's own exception types; the service must keep serving
+        raise model_failed(model, assignment, exc) from None
+    return finish(request, assignment, model, items, predictions, started, log_features)
+
+
+async def rank_batched(
+    state: ServingState, request: RankRequest, log_features: bool = False
+) -> RankResult:
+    """`rank` for a state that batches: a version with a batcher awaits its share of a batch's
+    run (`onnx_seconds` then counts the wait for the batch too), any other runs inline."""
+    assignment, model, items, user, item = encode(state, request)
+    started = time.perf_counter()
+    try:
+        if model.batcher is None:
+            user.update(item)
+            predictions = model.predict(user)
+        else:
+            predictions = await model.predict_batched(user, item)
+    except Exception as exc:  # the whole batch's error, told to each of its requests
+        raise model_failed(model, assignment, exc) from None
+    return finish(request, assignment, model, items, predictions, started, log_features)
+
+
+def encode(
+    state: ServingState, request: RankRequest
+) -> tuple[Assignment, LoadedModel, dict[str, Any], Feeds, Feeds]:
+    """The user's variant and model, the item columns, and the user and item feeds."""
     assignment = state.config.assign(request.user_id)
     model = state.models[assignment.model]
     users = user_columns(request, model.kinds)
     items = item_columns(request, model.kinds)
     try:
-        feeds = model.encoder.encode_group("user", users, 1)
-        feeds.update(model.encoder.encode_group("item", items, request.size))
+        user = model.encoder.encode_group("user", users, 1)
+        item = model.encoder.encode_group("item", items, request.size)
     except SpecError as exc:  # a value the type checks let through but the encoder refuses
         field, message = split_field(str(exc), "candidates")
         raise bad_request(field, message) from None
-    started = time.perf_counter()
-    try:
-        predictions = model.predict(feeds)
-    except Exception as exc:  # ORT's own exception types; the service must keep serving
-        log.exception(
-            "model %s failed",
-            model.ref,
-            extra={"model_version": str(model.ref), "variant": assignment.label},
-        )
-        raise ApiError(503, None, f"model {model.ref} failed: {exc}") from None
+    return assignment, model, items, user, item
+
+
+def model_failed(model: LoadedModel, assignment: Assignment, exc: Exception) -> ApiError:
+    log.exception(
+        "model %s failed",
+        model.ref,
+        extra={"model_version": str(model.ref), "variant": assignment.label},
+        exc_info=exc,
+    )
+    return ApiError(503, None, f"model {model.ref} failed: {exc}")
+
+
+def finish(
+    request: RankRequest,
+    assignment: Assignment,
+    model: LoadedModel,
+    items: dict[str, Any],
+    predictions: Mapping[str, np.ndarray],
+    started: float,
+    log_features: bool,
+) -> RankResult:
+    """Score, sort, cut, and the impression record, once the predictions are in."""
     onnx_seconds = time.perf_counter() - started
     try:
         scores = score(assignment.score, predictions)

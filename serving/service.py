@@ -38,6 +38,13 @@ class Service:
         self.manager.stop()
         self.impressions.close()
 
+    async def close_batchers(self) -> None:
+        """Stop the served models' batchers (on the event loop, which runs them). A version a
+        swap dropped has an idle batcher, which holds no task (serving/batching.py)."""
+        state = self.manager.state
+        for model in state.models.values() if state is not None else ():
+            await model.close()
+
 
 def open_experiments(settings: Settings) -> ExperimentStore:
     """Redis when configured (an empty key seeded from the file once), else the file."""

@@ -69,6 +69,17 @@ class Settings:
     require_cuda: bool = False
     # Candidate counts each session runs once before it serves.
     warmup_counts: tuple[int, ...] = (1, 100, 500)
+    # Dynamic batching (serving/batching.py): at most this many concurrent /rank requests share
+    # one run of a version exported with `ranker export --batched`; 0 or 1: off, each request
+    # runs alone on the event loop. Off by default: on the CPU the batched graph is slower than
+    # one run per request (0.76-1.05x on 16 cores; through this service on 2 cores batching gave
+    # 0.59-0.68x the throughput; docs/benchmarks.md); on a GPU (torch, H100) batching paid from
+    # 2-4 concurrent requests. A version whose graph is not batched is served unbatched.
+    batch_max_requests: int = 0
+    # How long a request waits for company, in microseconds. 0: no timer, a batch holds whoever
+    # arrived while the previous one ran. asyncio's timers sleep in epoll (1 ms resolution), so
+    # any wait under 1000 costs a whole millisecond.
+    batch_max_delay_us: int = 0
     # Request limits.
     max_candidates: int = 2000
     max_body_bytes: int = 4 * 1024 * 1024
@@ -163,6 +174,11 @@ class Settings:
         object.__setattr__(settings, "_unknown_variables", tuple(unknown))
         return settings
 
+    @property
+    def batching(self) -> bool:
+        """True when batched versions go through a dynamic batcher (RANKER_BATCH_MAX_REQUESTS > 1)."""
+        return self.batch_max_requests > 1
+
     def replace(self, **changes: Any) -> Settings:
         """A validated copy with `changes` (dataclasses.replace works as well)."""
         return replace(self, **changes)
@@ -203,6 +219,12 @@ class Settings:
             raise SettingsError("RANKER_MAX_BODY_BYTES: must be at least 1024")
         if self.gc_threshold < 0:
             raise SettingsError("RANKER_GC_THRESHOLD: must be >= 0 (0 keeps Python's default)")
+        batching = {"batch_max_requests": "0 or 1: off", "batch_max_delay_us": "0: no wait"}
+        for name, zero in batching.items():
+            if getattr(self, name) < 0:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}: must be >= 0 ({zero}), got {getattr(self, name)}"
+                )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise SettingsError("RANKER_INTRA_OP_THREADS / RANKER_INTER_OP_THREADS: must be >= 0")
         if self.poll_interval_s <= 0 or self.redis_timeout_s <= 0:

@@ -42,10 +42,15 @@ class ServingState:
     since: float = field(default_factory=time.time)
     # The /rank parser for the item features these models take.
     parser: RequestParser = field(init=False, repr=False, compare=False)
+    # True when a model has a dynamic batcher: /rank then awaits `rank_batched` (serving.ranking);
+    # False keeps every request on the inline `rank`, no await in its way.
+    batching: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parser = RequestParser(m.kinds.item for m in self.models.values())
         object.__setattr__(self, "parser", parser)
+        batching = any(m.batcher is not None for m in self.models.values())
+        object.__setattr__(self, "batching", batching)
 
 
 @dataclass

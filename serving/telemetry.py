@@ -21,7 +21,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -33,6 +38,8 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 CANDIDATE_BUCKETS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
+# Requests per batched run (RANKER_BATCH_MAX_REQUESTS).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Exemplar label sets are limited to 128 characters; request ids may have 256.
 _EXEMPLAR_ID_CHARS = 100
 
@@ -124,7 +131,7 @@ class ServiceMetrics:
 
 class StateCollector(Collector):
     """Read at every scrape: readiness, the served config and models, store health, the
-    impression log's counts. Nothing here is kept twice."""
+    impression log's counts, the batchers' batch sizes. Nothing here is kept twice."""
 
     def __init__(self, manager: StateManager, impressions: ImpressionWriter) -> None:
         self.manager = manager
@@ -134,6 +141,7 @@ class StateCollector(Collector):
         state = self.manager.state  # read once: one scrape describes one state
         yield from self._state(state)
         yield self._models(state)
+        yield self._batches(state)
         yield from self._impressions()
 
     def _state(self, state: ServingState | None) -> Iterator[Metric]:
@@ -188,6 +196,27 @@ class StateCollector(Collector):
                 {},
             )
         return info
+
+    def _batches(self, state: ServingState | None) -> Metric:
+        """Requests per run, per batched version: the batcher's own counts (one entry per size),
+        read here; a version served unbatched has no series."""
+        family = HistogramMetricFamily(
+            "ranker_batch_requests",
+            "requests per run of a batched version's graph (dynamic batching)",
+            labels=("model",),
+        )
+        for m in state.models.values() if state is not None else ():
+            if m.batcher is None:
+                continue
+            sizes = sorted(m.batcher.batch_sizes.items())
+            buckets = [
+                (str(bound), float(sum(n for size, n in sizes if size <= bound)))
+                for bound in BATCH_BUCKETS
+            ]
+            buckets.append(("+Inf", float(sum(n for _, n in sizes))))
+            total = float(sum(size * n for size, n in sizes))
+            family.add_metric((str(m.ref),), buckets, total)
+        return family
 
     def _impressions(self) -> Iterator[Metric]:
         log = self.impressions

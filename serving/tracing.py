@@ -32,7 +32,7 @@ from serving import logs
 from serving.body import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.logs import REQUEST_ID
-from serving.ranking import RankResult, rank
+from serving.ranking import RankResult, rank, rank_batched
 from serving.response import render
 
 TRACER_NAME = "ranker.serving"
@@ -84,7 +84,10 @@ class RankTracer:
             stamps.append(clock())
             request_id = parsed.request_id
             REQUEST_ID.set(request_id)
-            result = rank(state, parsed, settings.log_features)
+            if state.batching:
+                result = await rank_batched(state, parsed, settings.log_features)
+            else:
+                result = rank(state, parsed, settings.log_features)
             stamps.append(clock())
             variant = result.assignment.label
             content = render(result)

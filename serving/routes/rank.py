@@ -21,7 +21,7 @@ from serving import logs
 from serving.body import read_body, require_json
 from serving.errors import ApiError, error_response
 from serving.logs import REQUEST_ID
-from serving.ranking import RankResult, rank
+from serving.ranking import RankResult, rank, rank_batched
 from serving.response import render
 from serving.schemas import ERRORS, RankResponse
 from serving.service import Service
@@ -52,7 +52,10 @@ async def rank_endpoint(request: Request) -> Response:
         parsed = state.parser.parse(body, settings.max_candidates)
         request_id = parsed.request_id
         REQUEST_ID.set(request_id)  # on every line logged from here on
-        result = rank(state, parsed, settings.log_features)
+        if state.batching:  # RANKER_BATCH_MAX_REQUESTS > 1 and a batched version served
+            result = await rank_batched(state, parsed, settings.log_features)
+        else:
+            result = rank(state, parsed, settings.log_features)
         variant = result.assignment.label
         content = render(result)
     except ApiError as error:

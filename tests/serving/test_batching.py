@@ -116,9 +116,11 @@ def test_batcher_merges_concurrent_requests_and_returns_each_its_own_rows(
                 runner(batched), max_batch=4, max_delay_us=50_000, executor=pool
             )
             results = await asyncio.gather(*(batcher.predict(u, i) for u, i in requests))
+            assert not batcher.running  # the worker ended with its queue; the next one restarts
+            assert len((await batcher.predict(*requests[0]))[0]) == 10
             await batcher.close()
-            # Six requests at once, at most four per batch: a batch of 4 and one of 2.
-            assert batcher.batch_sizes == {4: 1, 2: 1}
+            # Six requests at once, at most four per batch: a batch of 4 and one of 2 (then 1).
+            assert batcher.batch_sizes == {4: 1, 2: 1, 1: 1}
             return results
 
     for (user, item), got in zip(requests, asyncio.run(main()), strict=True):

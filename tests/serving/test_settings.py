@@ -193,3 +193,19 @@ def test_tune_gc_zero_keeps_pythons_threshold() -> None:
     tune_gc(Settings(freeze_gc=False, gc_threshold=0))
     assert gc.get_threshold() == (700, 10, 10)
     assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.parametrize("variable", ["RANKER_BATCH_MAX_REQUESTS", "RANKER_BATCH_MAX_DELAY_US"])
+def test_negative_batching_values_are_refused_by_name(
+    environ: Callable[..., None], variable: str
+) -> None:
+    environ(**{variable: "-1"})
+    with pytest.raises(SettingsError, match=f"^{variable}: must be >= 0 .*got -1"):
+        Settings.from_env().check()
+
+
+def test_batching_is_off_by_default_and_on_above_one_request() -> None:
+    assert not Settings().batching
+    assert not Settings(batch_max_requests=1).batching
+    on = Settings(batch_max_requests=16, batch_max_delay_us=500)
+    assert on.batching and on.check() == []

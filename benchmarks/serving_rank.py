@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving_rank [--quick] [--requests 300] [--rounds 5] [--counts 100,500,1000]
     python -m benchmarks.serving_rank --feature-log-only
+    python -m benchmarks.serving_rank --batching-only [--counts 100,500] [--requests 200] [--runs 3]
 
 Two models (MMoE, 8 experts, towers [64], the simulator's features): the benchmark's, experts
 [256, 128], and the demo's, experts [128, 64]. Each is served by its own `python -m serving.server`
@@ -21,6 +22,12 @@ writes nothing.
 `--feature-log-only`: feature logging (RANKER_LOG_FEATURES, on by default) against a second
 server with it off, benchmark model: single-connection p50 in alternating rounds, 4-connection
 throughput in alternating runs, and the mean impression record size of each (its own section).
+
+`--batching-only`: dynamic batching (RANKER_BATCH_MAX_REQUESTS) on the CPU, benchmark model, three
+servers: the single-request graph (the default deployment), the batched graph (`ranker export
+--batched`) with batching off, and the batched graph with batching on (16 requests per run at most,
+no wait); closed-loop throughput at 4 and 16 connections in alternating runs, the mean batch read
+from the batching server's /metrics (its own section).
 """
 
 from __future__ import annotations
@@ -98,11 +105,15 @@ def free_port() -> int:
 
 
 def build_registry(
-    tmp: Path, config: dict[str, Any] | None = None, name: str = "ranker", int8: bool = False
+    tmp: Path,
+    config: dict[str, Any] | None = None,
+    name: str = "ranker",
+    int8: bool = False,
+    batched: bool = False,
 ) -> tuple[Path, pa.Table, Any]:
     """Simulate a little data, build a model (default: the benchmark's), publish it as `name`
-    (with `int8`: its dynamic int8 graph, as `ranker export --quantize int8` makes it);
-    returns (version dir, log, spec)."""
+    (with `int8`: its dynamic int8 graph, as `ranker export --quantize int8` makes it; with
+    `batched`: the batched graph, as `ranker export --batched`); returns (version dir, log, spec)."""
     data = tmp / "data"
     if not any(data.glob("day=*")):  # a second model reuses the first one's log
         simulate(
@@ -114,7 +125,7 @@ def build_registry(
     torch.manual_seed(0)
     model = build_model("mmoe", spec, None, config or CONFIG).eval()
     example = FeatureEncoder(spec).encode({n: log.table[n].slice(0, 4) for n in spec.names}, 4)
-    graph = to_onnx(model, example, 18)
+    graph = to_onnx(model, example, 18, batched=batched)
     manifest = publish(
         tmp / "models",
         name,
@@ -134,6 +145,7 @@ def build_registry(
             model_kind="mmoe",
             hparams=model.hparams(),
             exporter={"name": "benchmark"},
+            batched=batched,
         ),
     )
     version_dir = tmp / "models" / name / manifest.version
@@ -399,6 +411,14 @@ def parse_args() -> argparse.Namespace:
         help="only the feature-logging comparison (two ranker servers, benchmark model)",
     )
     parser.add_argument(
+        "--batching-only",
+        action="store_true",
+        help="only dynamic batching on vs off (three servers, benchmark model)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="alternating closed-loop runs (--batching-only)"
+    )
+    parser.add_argument(
         "--rate", type=float, default=40.0, help="fixed-rate load at 500 candidates (req/s)"
     )
     args = parser.parse_args()
@@ -415,6 +435,10 @@ def main() -> None:
         if args.feature_log_only:
             features = run_feature_logging(tmp, counts, args)
             print(render_features(features, args))
+            return
+        if args.batching_only:
+            batching = run_batching(tmp, counts, args)
+            print(render_batching(batching, args))
             return
         results = run_servers(tmp, counts, args)
     print(render(results, args))
@@ -543,6 +567,128 @@ def run_feature_logging(
             if n in features:
                 features[n][key] = size
     return features
+
+
+# --batching-only: server -> (its registry name, settings beside the defaults).
+SINGLE_OFF, BATCHED_OFF, BATCHED_ON = "single graph", "batched graph, off", "batched graph, on"
+BATCH_REQUESTS = 16
+BATCHING: dict[str, tuple[str, dict[str, str]]] = {
+    SINGLE_OFF: ("bench", {}),
+    BATCHED_OFF: ("bench-batched", {}),
+    BATCHED_ON: ("bench-batched", {"RANKER_BATCH_MAX_REQUESTS": str(BATCH_REQUESTS)}),
+}
+CONNECTIONS = (4, 16)
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(requests, runs) through the batcher so far, from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url.replace("/rank", "/metrics"), timeout=5) as response:
+        text = response.read().decode()
+    found = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in ("ranker_batch_requests_sum", "ranker_batch_requests_count")
+    }
+    return found.get("ranker_batch_requests_sum", 0.0), found.get(
+        "ranker_batch_requests_count", 0.0
+    )
+
+
+def run_batching(
+    tmp: Path, counts: list[int], args: argparse.Namespace
+) -> dict[int, dict[Any, Any]]:
+    """The three BATCHING servers at every count and connection count: closed-loop throughput
+    and p50 (medians of `args.runs` runs in rotating order), the batching server's mean batch."""
+    dirs = {}
+    for name in ("bench", "bench-batched"):
+        dirs[name], table, spec = build_registry(tmp, name=name, batched=name.endswith("batched"))
+    ports = {server: free_port() for server in BATCHING}
+    servers = []
+    for server, (name, extra) in BATCHING.items():
+        env = ranker_env(tmp, f"{name}-{ports[server]}", dirs[name], ports[server], counts)
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "serving.server"], env={**env, **extra}, cwd=ROOT
+            )
+        )
+    urls = {server: f"http://127.0.0.1:{port}/rank" for server, port in ports.items()}
+    results: dict[int, dict[Any, Any]] = {}
+    try:
+        for n in counts:
+            body_file = tmp / f"body-{n}.json"
+            body_file.write_bytes(json.dumps(request_body(table, spec, n)).encode())
+            for url in urls.values():
+                wait_ready(url, body_file.read_bytes())
+            row: dict[Any, Any] = {}  # connections -> server -> figures; "load"
+            for c in CONNECTIONS:
+                measured: dict[str, list[dict[str, float]]] = {s: [] for s in BATCHING}
+                before = batch_counts(urls[BATCHED_ON])
+                order = list(BATCHING)
+                for run in range(args.runs):
+                    for server in order[run % 3 :] + order[: run % 3]:
+                        measured[server].append(loadgen(urls[server], body_file, "--mode",
+                            "closed", "--requests", str(args.requests), "--concurrency", str(c),
+                            "--warmup", "0"))  # fmt: skip
+                after = batch_counts(urls[BATCHED_ON])
+                runs = after[1] - before[1]
+                row[c] = {
+                    server: {
+                        "rps": statistics.median(m["throughput"] for m in series),
+                        "p50": statistics.median(m["p50"] for m in series),
+                        "errors": sum(int(m["errors"]) for m in series),
+                    }
+                    for server, series in measured.items()
+                }
+                row[c]["mean_batch"] = (after[0] - before[0]) / runs if runs else 0.0
+            row["load"] = os.getloadavg()[0]  # 1-minute average: this short run and others' jobs
+            results[n] = row
+            print(f"{n} candidates: " + "; ".join(
+                f"{c} conn: on / single {row[c][BATCHED_ON]['rps'] / row[c][SINGLE_OFF]['rps']:.2f}x"
+                for c in CONNECTIONS) + f", load {row['load']:.1f}", flush=True)  # fmt: skip
+    finally:
+        stop(servers)
+    return results
+
+
+def render_batching(results: dict[int, dict[Any, Any]], args: argparse.Namespace) -> str:
+    quick = " --quick" if args.quick else ""
+    lines = [
+        "## Serving: dynamic batching on the CPU",
+        "",
+        f"`python -m benchmarks.serving_rank --batching-only{quick} --counts "
+        f"{','.join(str(n) for n in results)} --requests {args.requests} --runs {args.runs}`: the "
+        "benchmark model (MMoE, 8 experts [256, 128], random weights) served three times by "
+        "`python -m serving.server` (one uvicorn worker each): its single-request graph (the "
+        "default deployment), its batched graph (`ranker export --batched`) with batching off, "
+        f"and the batched graph with RANKER_BATCH_MAX_REQUESTS={BATCH_REQUESTS} (no wait: a batch "
+        "holds the requests that arrived while the previous one ran). Closed-loop load from a "
+        f"separate process, one body; {args.requests} requests per run, median of {args.runs} "
+        f"runs in rotating order; {machine()}. Mean batch: requests per run of the batching "
+        "server over those runs (its /metrics).",
+        "",
+        "| candidates | connections | req/s single graph | req/s batched graph, off | req/s "
+        "batched graph, on | on / single graph | p50 single / on (ms) | mean batch | errors |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for n, row in results.items():
+        for c in CONNECTIONS:
+            r = row[c]
+            single, off, on = r[SINGLE_OFF], r[BATCHED_OFF], r[BATCHED_ON]
+            errors = sum(r[s]["errors"] for s in BATCHING)
+            lines.append(
+                f"| {n} | {c} | {single['rps']:.0f} | {off['rps']:.0f} | {on['rps']:.0f} | "
+                f"**{on['rps'] / single['rps']:.2f}x** | {single['p50']:.2f} / {on['p50']:.2f} | "
+                f"{r['mean_batch']:.1f} | {errors} |"
+            )
+    loads = ", ".join(f"{row['load']:.1f}" for row in results.values())
+    lines += ["", f"Load average (1 min) on the machine after each count: {loads}."]
+    body = "\n".join(lines)
+    if not args.quick:
+        write_section("serving_rank_batching", body)
+    return body
 
 
 def render_features(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:

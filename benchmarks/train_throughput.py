@@ -284,6 +284,14 @@ def main() -> None:
         help="early stopping on validation click AUC after this many stale epochs (0: none)",
     )  # fmt: skip
     parser.add_argument(
+        "--ranker-stopping", default="click.auc", choices=["click.auc", "loss"],
+        help="ranker's early-stopping rule: torch-rechub's (click AUC) or ranker's default (the "
+        "sum of the tasks' validation losses); torch-rechub's MTLTrainer has only click AUC",
+    )  # fmt: skip
+    parser.add_argument(
+        "--section", default="train_throughput", help="docs/benchmarks.md section to write"
+    )
+    parser.add_argument(
         "--precisions", nargs="+", default=["float32", "bfloat16"],
         help="train.precision of the ranker runs",
     )  # fmt: skip
@@ -316,7 +324,7 @@ def main() -> None:
             f"train.batch_size={args.batch}",
             f"train.epochs={args.epochs}",
             f"train.patience={args.patience}",
-            "train.early_stopping=click.auc",
+            f"train.early_stopping={args.ranker_stopping}",
             f"optimizer.lr={args.lr}",
             f"train.threads={args.threads or 'null'}",
             *MODEL,
@@ -338,7 +346,7 @@ def main() -> None:
         before = before_issue_16(base, root, args.before_steps) if args.before_steps else None
         body = _report(args, log_rows, import_s, results, before)
     print(body)
-    write_section("train_throughput", body)
+    write_section(args.section, body)
 
 
 def _row(r: dict[str, Any], peer_rate: float) -> str:
@@ -388,20 +396,34 @@ def _report(
     train_rows = ours[0]["samples"] // ours[0]["epochs"]
     return "\n".join(
         [
-            "## Training end to end on a KuaiRand-layout import: ranker vs torch-rechub",
+            "## Training end to end on a KuaiRand-layout import: ranker vs torch-rechub"
+            + (", each side's own early stopping" if args.ranker_stopping == "loss" else ""),
             "",
             f"`python -m benchmarks.train_throughput --epochs {args.epochs} --rounds {args.rounds} "
             f"--requests {args.requests} --lr {args.lr:g} --patience {args.patience}"
             + (f" --threads {args.threads}" if args.threads else "")
             + ("" if args.manual else " --no-manual")
+            + (
+                f" --ranker-stopping {args.ranker_stopping}"
+                if args.ranker_stopping != "click.auc"
+                else ""
+            )
+            + (f" --section {args.section}" if args.section != "train_throughput" else "")
             + f" --before-steps {args.before_steps}"
             + f"`: a simulated world of {args.users:,} users and "
             f"{args.items:,} videos over {args.days} days written as KuaiRand CSVs ({log_rows:,} "
             f"impressions), imported in {import_s:.1f} s with tables sized to the data; "
             f"{train_rows:,} training rows (3 test days, 1 validation day), "
             + (
-                f"up to {args.epochs} epochs, early stopping on validation click AUC after "
-                f"{args.patience} stale epoch(s) for both, "
+                f"up to {args.epochs} epochs, early stopping after {args.patience} stale "
+                "epoch(s) on validation click AUC for both"
+                + (
+                    ""
+                    if args.ranker_stopping == "click.auc"
+                    else " (torch-rechub's only rule) and, for ranker, on its default rule, the "
+                    "sum of the tasks' validation losses"
+                )
+                + ", "
                 if args.patience
                 else f"{args.epochs} epochs, "
             )

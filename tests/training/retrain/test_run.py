@@ -29,7 +29,7 @@ from ranker.experiments import ModelRef
 from ranker.registry import list_versions, load_manifest
 from sim.simulate import SimulatorConfig, simulate
 from tests.conftest import REDIS_URL
-from training.config import ConfigError
+from training.config import ConfigError, load_config
 from training.data import EncodedData
 from training.exit_codes import EXIT_LOCKED, EXIT_UNREFERENCED
 from training.retrain.config import ENV_KEYS, RetrainConfig, load_retrain_config
@@ -636,7 +636,10 @@ def test_the_shipped_config_loads_and_containers_redirect_it() -> None:
     assert config.registry == "out/demo/models" and config.data.paths == ("out/demo/data",)
     assert config.experiments.file == "out/demo/experiments.yaml"
     assert config.experiments.redis_url is None and isinstance(open_lock(config), FileLock)
-    assert config.train.balancer.name == "emtl" and config.train.aux.form == "bottleneck"
+    recommended = load_config(REPO / "configs" / "train.yaml")
+    assert config.train.balancer == recommended.balancer and config.train.aux == recommended.aux
+    assert config.train.tasks == recommended.tasks
+    assert config.train.model.config["interactions"] == "dot"
     # docker-compose.yml and the Kubernetes CronJob set these for `ranker retrain`.
     environ = {"RANKER_REGISTRY": "/models", "RANKER_REDIS_URL": "redis://redis:6379/0"}
     config = load_retrain_config(REPO / "configs" / "retrain.yaml", ["registry=/r"], environ)

@@ -27,15 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import machine, write_section
+from benchmarks.train_step import MODEL as STEP_MODEL
 
-MODEL = [
-    "model.kind=mmoe",
-    "model.config.num_experts=8",
-    "model.config.expert_units=[256, 128]",
-    "model.config.tower_units=[64]",
-    "model.config.embedding_dim=16",
-    "train.threads=1",
-]
+MODEL = [*STEP_MODEL, "train.threads=1"]  # the step benchmark's MMoE, one thread per rank
 AFTER = "after backward"
 
 

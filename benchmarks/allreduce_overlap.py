@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 from benchmarks.report import machine, write_section
 from benchmarks.train_step import MODEL as STEP_MODEL
+from cli.demo import free_port
 
 MODEL = [*STEP_MODEL, "train.threads=1"]  # the step benchmark's MMoE, one thread per rank
 AFTER = "after backward"
@@ -104,12 +104,6 @@ def _bare_allreduce(trainer: Any) -> list[float]:
     return [statistics.median(seconds[3:]), numel * 4 / 2**20]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _launch(data_dir: Path, out: Path, args: argparse.Namespace) -> None:
     command = [
         sys.executable,
@@ -117,7 +111,7 @@ def _launch(data_dir: Path, out: Path, args: argparse.Namespace) -> None:
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port(0)}",  # any free port
         "-m",
         "benchmarks.allreduce_overlap",
         "--worker",

@@ -146,6 +146,13 @@ def run_config(
     return row
 
 
+def headline_shares(row: dict[str, Any]) -> str:
+    """One run's captured test shares of the headline metrics, for progress lines."""
+    return ", ".join(
+        f"{title} {100 * row[f'test.{t}.captured_{m}']:.1f}%" for (t, m), title in HEADLINE.items()
+    )
+
+
 def summarise(rows: list[dict[str, Any]], split: str) -> list[str]:
     """Markdown table: mean ± std over seeds of each headline captured share, and mean time."""
     names = list(dict.fromkeys(r["config"] for r in rows))
@@ -281,11 +288,9 @@ def main() -> None:
         for name in names:
             row = run_config(name, data, log, seed, root, args.threads)
             rows.append(row)
-            shares = ", ".join(
-                f"{title} {100 * row[f'test.{t}.captured_{m}']:.1f}%"
-                for (t, m), title in HEADLINE.items()
+            print(
+                f"seed {seed} {name}: {headline_shares(row)} ({row['seconds']:.0f} s)", flush=True
             )
-            print(f"seed {seed} {name}: {shares} ({row['seconds']:.0f} s)", flush=True)
             (root / "results.json").write_text(json.dumps(rows, indent=2))
     body = render(rows, seeds, args.threads, time.perf_counter() - started, stats)
     print(body)

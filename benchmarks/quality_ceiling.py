@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.quality import HEADLINE, TARGETS, WORLD, world_log, write_results_section
+from benchmarks.quality import (
+    HEADLINE,
+    TARGETS,
+    WORLD,
+    headline_shares,
+    world_log,
+    write_results_section,
+)
 from benchmarks.report import machine
 from ranker.tasks import labels_from_columns
 from sim.world import DEGREE_CLICK, SimulatorConfig, World
@@ -610,10 +617,7 @@ def main() -> None:
         log = read_world_log(world_log(seed, root))
         for row in run_seed(SimulatorConfig(**{**asdict(WORLD), "seed": seed}), log):
             rows.append(row)
-            shares = ", ".join(
-                f"{title} {100 * row[f'test.{t}.captured_{m}']:.1f}%"
-                for (t, m), title in HEADLINE.items()
-            )
+            shares = headline_shares(row)
             print(f"seed {seed} {row['estimator']}: {shares} ({row['seconds']:.0f} s)", flush=True)
         (root / "ceiling.json").write_text(json.dumps(rows, indent=2))
     body = render(rows, seeds, time.perf_counter() - started, quality_rows(root / "results.json"))

@@ -147,3 +147,19 @@ def test_pal_trains_the_tower_and_exports_the_model_alone(
             want = task_output(task, at_top).numpy()
             scale = np.maximum(1.0, np.abs(want))
             np.testing.assert_array_less(np.abs(served[task.name] - want) / scale, 1e-4)
+
+
+def test_the_gate_maps_expected_outcomes_to_the_served_positions(tmp_path: Path) -> None:
+    from training.retrain.positions import at_served_positions, examination_curve
+
+    curve = np.array([1.0, 0.5, 0.25])
+    predictions = {"click": np.array([0.4, 0.4, 0.4, 0.4], np.float32), "watch_time": np.ones(4)}
+    position = np.array([0, 1, 2, 7])  # past the curve: its last entry
+    mapped = at_served_positions(predictions, position, curve)
+    np.testing.assert_allclose(mapped["click"], [0.4, 0.2, 0.1, 0.1])
+    np.testing.assert_allclose(mapped["watch_time"], [1.0, 0.5, 0.25, 0.25])
+    assert mapped["click"].dtype == np.float32
+    (tmp_path / "metrics.json").write_text(json.dumps({"examination": [1.0, 0.6]}))
+    np.testing.assert_array_equal(examination_curve(tmp_path), [1.0, 0.6])
+    (tmp_path / "metrics.json").write_text(json.dumps({"valid": {}}))
+    assert examination_curve(tmp_path) is None

@@ -133,6 +133,12 @@ def _gate(out: Outcome) -> list[str]:
         "PyTorch model (its export must match ONNX Runtime within 1e-4), production with its "
         "published ONNX model through ONNX Runtime, as served, on the same rows."
     )
+    if sample.get("at_served_positions"):
+        lines.append(
+            "The candidate is position-debiased: both models' predictions were scored at the "
+            "served positions, each multiplied by the candidate's learnt P(seen | position), so "
+            "the position helps neither side (training/retrain/positions.py)."
+        )
     return lines
 
 

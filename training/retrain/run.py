@@ -53,6 +53,7 @@ from training.retrain.config import RetrainConfig, RolloutConfig, candidate_conf
 from training.retrain.gate import Decision, decide
 from training.retrain.lock import FileLock, LockedError, LockLostError, RedisLock, RunLock
 from training.retrain.paired_bootstrap import Replicates, paired_bootstrap
+from training.retrain.positions import at_served_positions, examination_curve
 from training.retrain.report import Outcome, render, write_report
 
 log = logging.getLogger("ranker.retrain")
@@ -289,6 +290,19 @@ def _against_production(
 
     log.info("retrain %s: scoring production %s on %s", out.run_id, production, gate_day)
     manifest, prod_preds, prod_data = production_predictions(config, production, gate_day)
+    # The candidate's torch model on the same rows (its export must then match ONNX
+    # Runtime within 1e-4 before it is published).
+    cand_data = gate_day_rows(config, spec, gate_day)
+    cand_preds = predict(load_best(run_dir / BEST), cand_data)
+    curve = examination_curve(run_dir)
+    if curve is not None:  # a debiased candidate: both models at the served positions
+        if cand_data.position is None or prod_data.position is None:
+            raise RetrainError(
+                f"the candidate has a position tower but the gate day {gate_day} has no "
+                "`position` column to score it at"
+            )
+        prod_preds = at_served_positions(prod_preds, prod_data.position, curve)
+        cand_preds = at_served_positions(cand_preds, cand_data.position, curve)
     out.production_metrics = evaluate_predictions(prod_preds, prod_data)
     seen = manifest.data_window.get("train", []) + manifest.data_window.get("valid", [])
     if gate_day in seen:
@@ -296,16 +310,13 @@ def _against_production(
             f"production {production} was trained or validated on the gate day "
             f"{gate_day}: the comparison favours it"
         )
-    # The candidate's torch model on the same rows (its export must then match ONNX
-    # Runtime within 1e-4 before it is published).
-    cand_data = gate_day_rows(config, spec, gate_day)
-    cand_preds = predict(load_best(run_dir / BEST), cand_data)
     intervals = gate_intervals(config, cand_preds, cand_data, prod_preds, prod_data)
     out.gate_sample = {
         "rows": cand_data.rows,
         "requests": len(np.unique(cand_data.request_id)),
         "bootstrap": config.gate.bootstrap,
         "confidence": config.gate.confidence,
+        "at_served_positions": curve is not None,
     }
     return manifest, intervals
 

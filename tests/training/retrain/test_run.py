@@ -763,3 +763,27 @@ def test_redis_lock_is_renewed_while_held_and_only_its_owner_releases_it(
     lock.release()
     assert client.get(key) == b"someone else"  # compare-and-delete left it alone
     client.close()
+
+
+def test_a_debiased_candidate_and_production_are_gated_at_the_served_positions(
+    first: FirstRun, log5: Path, tmp_path: Path
+) -> None:
+    from tests.training.test_debias import with_positions
+
+    positioned = with_positions(log5, tmp_path / "positioned")
+    scores = {}
+    for debias in ("none", "pal"):
+        root = tmp_path / debias
+        with_production(first, root)
+        out = run_once(configure(root, positioned, f"train.debias.position={debias}"))
+        doc = report(root)
+        scored = {c["metric"]: c["production"] for c in doc["checks"]}
+        scores[debias] = scored
+        shown = (root / "reports").glob("*/report.md")
+        mentioned = any("at the served positions" in p.read_text() for p in shown)
+        assert doc["gate_sample"]["at_served_positions"] is (debias == "pal") is mentioned
+        assert out.decision in ("publish", "keep")
+    # Production is the same model on the same rows: the debiased gate scored it times the
+    # candidate's P(seen | position) <= 1, which moves its RMSEs (as_is: its served outputs).
+    moved = [k for k in scores["none"] if "rmse" in k and scores["none"][k] != scores["pal"][k]]
+    assert moved

@@ -1,13 +1,15 @@
 """The whole production loop on the simulator, and what position debiasing buys in it:
 
     serve production (v1, trained on the offline logs) -> simulated traffic with a position
-    effect, outcome events -> `build-log` of the served days -> `ranker retrain` twice on them,
-    with the gate: biased (`debias.position=none`) and debiased (`pal`) -> an online A/B of the
+    effect, outcome events -> `build-log` of the served days -> `ranker retrain` twice on the
+    window (the offline and the served days; `--window served`: the served days alone), with the
+    gate: biased (`debias.position=none`) and debiased (`pal`) -> an online A/B of the
     two retrained models through `simulate-traffic`, both served as arms of one experiment config
     -> true expected watch time per request per arm (the simulator knows the relevance and the
     examination curve) with 95% intervals, and the debiased - biased difference.
 
     python -m benchmarks.debias_ab [--size full|tiny] [--seeds 3] [--out out/debias_ab]
+                                   [--window all|served] [--world-seed 0]
 
 Every stage runs the project's real path: the service (`python -m serving.server`, ONNX Runtime,
 impression log with the served features and positions), `sim.traffic.run_traffic`,
@@ -102,7 +104,7 @@ SIZES: dict[str, Size] = {
         ),
         served_days=4,
         requests_per_served_day=2500,
-        ab_requests=12000,
+        ab_requests=48000,
         concurrency=4,
         train={
             **SMALL_MODEL,
@@ -252,6 +254,33 @@ def built_log(out: Path, traffic: list[Path]) -> tuple[Path, dict[str, int]]:
     return served, dict(summary.counts)
 
 
+# The retrain window: `all` is the retrainer's rolling window over every day it holds (the offline
+# days v1 learnt from and the served days, 3 + 4 = `window_days` 7, the retrainer's default);
+# `served` gives the retrains the served days only, less data than v1 had.
+WINDOWS = ("all", "served")
+
+
+def retrain_window(out: Path, offline: Path, served: Path, window: str) -> tuple[Path, int]:
+    """The retrains' log folder and its day count. With `all`, the offline days join the served
+    ones with `position` 0 on every row: the simulator drew them without a position effect, so
+    every row was examined, which is what position 0 means to the PAL tower."""
+    served_days = len(list(served.glob("day=*")))
+    if window == "served":
+        return served, served_days
+    folder = out / "window"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(served, folder)
+    names = pq.read_schema(next(served.rglob("*.parquet"))).names
+    offline_days = sorted(offline.glob("day=*"))
+    for day in offline_days:
+        table = pa.concat_tables(pq.read_table(f) for f in sorted(day.glob("*.parquet")))
+        table = table.append_column("position", pa.array(np.zeros(table.num_rows, np.int64)))
+        keep = [n for n in names if n in table.column_names]
+        (folder / day.name).mkdir()
+        pq.write_table(table.select(keep), folder / day.name / "part-offline.parquet")
+    return folder, served_days + len(offline_days)
+
+
 @dataclass
 class Retrained:
     arm: str
@@ -262,8 +291,10 @@ class Retrained:
     examination: list[float] | None
 
 
-def retrain(size: Size, arm: str, out: Path, served: Path, registry: Path, v1: str) -> Retrained:
-    """`ranker retrain` (lock, gate against production v1, publish) on the served days."""
+def retrain(
+    size: Size, arm: str, out: Path, window: tuple[Path, int], registry: Path, v1: str
+) -> Retrained:
+    """`ranker retrain` (lock, gate against production v1, publish) on the window's days."""
     folder = out / f"retrain-{arm}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -272,8 +303,8 @@ def retrain(size: Size, arm: str, out: Path, served: Path, registry: Path, v1: s
     debias = "pal" if arm == "debiased" else "none"
     doc = {
         "train": {**size.train, "debias": {"position": debias}},
-        "data": {"paths": [str(served)]},
-        "window_days": size.served_days,
+        "data": {"paths": [str(window[0])]},
+        "window_days": window[1],
         "registry": str(registry),
         "model_name": MODEL,
         "experiments": {"file": str(experiments)},
@@ -452,13 +483,14 @@ def difference(treatment: Estimate, control: Estimate) -> Estimate:
 VARIANTS = {"biased": "none", "debiased": "pal", "debiased_true_curve": "true"}
 
 
-def train_variant(size: Size, served: Path, run: Path, variant: str, seed: int) -> None:
-    """One seed of one variant on the built days, split and selected as the retrainer does."""
+def train_variant(size: Size, window: Path, run: Path, variant: str, seed: int) -> None:
+    """One seed of one variant on the window's days, split and selected as the retrainer does
+    (the newest day is the gate's and stays out, as in `ranker retrain`)."""
     debias = VARIANTS[variant]
     doc = {
         **size.train,
         "debias": {"position": "none" if debias == "none" else "pal"},
-        "data": {"paths": [str(served)]},
+        "data": {"paths": [str(window)]},
         "out": str(run),
     }
     doc["train"] = {**doc.get("train", {}), "seed": seed}
@@ -481,7 +513,7 @@ def seed_study(
     out: Path,
     world: World,
     registry: Path,
-    served: Path,
+    window: Path,
     first: dict[str, str],
     seeds: int,
 ) -> dict[str, Any]:
@@ -495,7 +527,7 @@ def seed_study(
                 continue
             run = out / "seeds" / f"{variant}-{seed}"
             shutil.rmtree(run, ignore_errors=True)
-            train_variant(size, served, run, variant, seed)
+            train_variant(size, window, run, variant, seed)
             versions[variant].append(export_run(run, registry, MODEL).version)
     day = size.world.days + size.served_days
     flat = {f"{v}-{i}": version for v, vs in versions.items() for i, version in enumerate(vs)}
@@ -602,7 +634,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(size: Size, out: Path, seeds: int = 1) -> dict[str, Any]:
+def run(size: Size, out: Path, seeds: int = 1, window: str = "all") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     registry = out / "models"
     shutil.rmtree(registry, ignore_errors=True)
@@ -616,10 +648,11 @@ def run(size: Size, out: Path, seeds: int = 1) -> dict[str, Any]:
         traffic = serve_days(size, world, out, registry, v1)
     with timer.stage("build-log: served impressions + outcome events -> training days"):
         served, counts = built_log(out, traffic)
+        days = retrain_window(out, out / "offline", served, window)
     retrained: dict[str, Retrained] = {}
     for arm in ARMS:
         with timer.stage(f"retrain {arm} (gate against v1)"):
-            retrained[arm] = retrain(size, arm, out, served, registry, v1)
+            retrained[arm] = retrain(size, arm, out, days, registry, v1)
             print(f"   {retrained[arm].decision}: {retrained[arm].reason}")
     for arm, r in retrained.items():
         if not r.version:  # refused by the gate: exported unreferenced, for the A/B only
@@ -635,7 +668,7 @@ def run(size: Size, out: Path, seeds: int = 1) -> dict[str, Any]:
     if seeds > 1:
         with timer.stage(f"seed study: {seeds} training seeds per variant on the built days"):
             first = {a: retrained[a].version for a in ARMS}
-            study = seed_study(size, out, world, registry, served, first, seeds)
+            study = seed_study(size, out, world, registry, days[0], first, seeds)
     learnt = retrained["debiased"].examination or []
     result = {
         "size": {
@@ -643,6 +676,8 @@ def run(size: Size, out: Path, seeds: int = 1) -> dict[str, Any]:
             "served_days": size.served_days,
             "requests_per_served_day": size.requests_per_served_day,
             "ab_requests": size.ab_requests,
+            "window": window,
+            "window_days": days[1],
         },
         "production": v1,
         "build_log_counts": counts,
@@ -676,9 +711,20 @@ def main() -> None:
         default=1,
         help="training seeds per variant for the seed study (1: none)",
     )
+    parser.add_argument(
+        "--window",
+        choices=WINDOWS,
+        default="all",
+        help="the retrains' days: all the log holds (offline + served) or the served days only",
+    )
+    parser.add_argument(
+        "--world-seed", type=int, default=0, help="the simulated world's seed (another world)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    result = run(SIZES[args.size], args.out, args.seeds)
+    size = SIZES[args.size]
+    size = replace(size, world=replace(size.world, seed=args.world_seed))
+    result = run(size, args.out, args.seeds, args.window)
     print("\n" + render(result))
     print(f"total {time.perf_counter() - started:.0f} s; {args.out / 'report.md'}")
 

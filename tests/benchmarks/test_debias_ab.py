@@ -19,6 +19,7 @@ from benchmarks.debias_ab import (
     UserSums,
     cuped_difference,
     difference,
+    retrain_window,
     run,
 )
 from ranker.registry import list_versions, verify
@@ -38,6 +39,17 @@ def test_the_loop_runs_end_to_end(tmp_path: Path) -> None:
     assert len(days) == size.served_days
     assert served.num_rows > 0 and served["position"].to_numpy().min() == 0
     assert int(served["click"].to_numpy().sum()) == counts["events.joined: click"]
+
+    # The retrains' window: every offline day (each row examined: position 0) and the served days.
+    assert result["size"]["window_days"] == size.world.days + size.served_days
+    window = sorted(p.name for p in (tmp_path / "window").iterdir())
+    offline = sorted(p.name for p in (tmp_path / "offline").iterdir())
+    assert window == sorted(offline + days)
+    for day in offline:
+        rows = pq.read_table(tmp_path / "window" / day, partitioning=None)
+        source = pq.read_table(tmp_path / "offline" / day, partitioning=None)
+        assert rows.num_rows == source.num_rows and set(rows["position"].to_pylist()) == {0}
+        assert "position" in rows.column_names and set(rows.column_names) < set(served.column_names)
 
     # Both retrains ran the gate against v1, and both candidates are in the registry.
     retrained = result["retrained"]
@@ -90,6 +102,14 @@ def test_the_loop_runs_end_to_end(tmp_path: Path) -> None:
     assert set(paired["mean"]) == {"v1", *ARMS} and paired["requests"] == size.ab_requests
     assert json.loads((tmp_path / "result.json").read_text())["production"] == "v0001"
     assert "debiased - biased" in (tmp_path / "report.md").read_text()
+
+
+def test_the_served_window_is_the_built_days_alone(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    for day in ("2026-01-04", "2026-01-05"):
+        (served / f"day={day}").mkdir(parents=True)
+    assert retrain_window(tmp_path, tmp_path / "offline", served, "served") == (served, 2)
+    assert not (tmp_path / "window").exists()
 
 
 def _arm(rng: np.random.Generator, users: int, effect: float, noise: float) -> UserSums:

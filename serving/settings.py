@@ -61,7 +61,8 @@ class Settings:
     # Let ORT's worker threads spin after a run. Off by default: on 2 cores the spinning worker
     # holds a core while the response is written and the client wakes, so every step after the
     # ONNX call ran slower; benchmarks/serving_rank.py measures both (spinning off: p50 1.0-2.1x
-    # lower, CPU per request about half, on a loaded 2-core machine; docs/benchmarks.md).
+    # lower, CPU per request about half, on a loaded 2-core machine; docs/benchmarks.md). Off,
+    # the workers still spin inside a run and stop at its end (ranker.onnx_model.RuntimeOptions).
     ort_spinning: bool = False
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.
     providers: tuple[str, ...] = (CUDA, CPU)

@@ -7,8 +7,9 @@
 Two models (MMoE, 8 experts, towers [64], the simulator's features): the benchmark's, experts
 [256, 128], and the demo's, experts [128, 64]. Each is served by its own `python -m serving.server`
 (a single uvicorn worker, file experiment store, no Redis), once with the defaults, once with
-ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1) and once as its dynamic
-int8 graph (`ranker export --quantize int8`); beside them a `floor
+ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1), once with them spinning
+inside each run only (RANKER_ORT_SPINNING=run) and once as its dynamic int8 graph (`ranker export
+--quantize int8`); beside them a `floor
 server` (the same request parsed and answered by FastAPI + orjson without a model) and a `naive
 peer` (FastAPI + pydantic + PyTorch eager, user features repeated per candidate, benchmark model).
 The load comes from `benchmarks.serving.loadgen` in another process. A model's floor is the floor
@@ -86,12 +87,17 @@ REGISTRY_NAMES = {
 # ranker server -> (its model, settings beside the defaults). The spinning-on servers measure, in
 # the same rounds, ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1, off by
 # default) against what follows the run: the response write, the load generator's wake-up.
+# The `spinning in runs` servers: workers spin inside a run and stop at its end
+# (RANKER_ORT_SPINNING=run).
 SPIN = ", spinning on"
+IN_RUNS = ", spinning in runs"
 RANKERS: dict[str, tuple[str, dict[str, str]]] = {
     BENCH: (BENCH, {}),
     DEMO: (DEMO, {}),
     BENCH + SPIN: (BENCH, {"RANKER_ORT_SPINNING": "1"}),
     DEMO + SPIN: (DEMO, {"RANKER_ORT_SPINNING": "1"}),
+    BENCH + IN_RUNS: (BENCH, {"RANKER_ORT_SPINNING": "run"}),
+    DEMO + IN_RUNS: (DEMO, {"RANKER_ORT_SPINNING": "run"}),
     BENCH + INT8: (BENCH + INT8, {}),
     DEMO + INT8: (DEMO + INT8, {}),
 }
@@ -737,7 +743,7 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
         f"`python -m benchmarks.serving_rank{quick} --requests {args.requests} --rounds {args.rounds} --rate {args.rate}`: "
         "MMoE, 8 experts, towers [64], the simulator's 15 features: the benchmark model (experts [256, 128]) and the "
         "demo's (experts [128, 64]), each served by its own `python -m serving.server` (one uvicorn worker, JSONL "
-        f"impression log with features; rows `spinning on`: the same model with RANKER_ORT_SPINNING=1); the load from a separate process on 127.0.0.1; {machine()}. One connection: "
+        f"impression log with features; rows `spinning on`: the same model with RANKER_ORT_SPINNING=1, `spinning in runs`: =run); the load from a separate process on 127.0.0.1; {machine()}. One connection: "
         f"{args.requests} requests per server in {args.rounds} interleaved rounds (bare ORT calls, floor server, both "
         "rankers in turn), percentiles over all of them. Floor = floor-server p50 (FastAPI + orjson parse and answer, "
         "no model) + the model's bare ONNX Runtime call on pre-encoded inputs (user side once, 2 threads, the faster of "

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +30,8 @@ from ranker.registry import (
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+SpinMode = Literal["off", "run", "always"]
+SPIN_MODES: tuple[str, ...] = get_args(SpinMode)
 # Rows per session run in `predict_rows` (bounds the intermediate tensors' memory).
 BATCH_ROWS = 16384
 
@@ -44,12 +47,11 @@ class RuntimeOptions:
     # Threads inside one operator / across operators; 0 lets ONNX Runtime choose.
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    # Idle threads spin for the next run: lower latency for a busy service, CPU burned otherwise.
-    # Off, they still spin inside a run, between its operators' parallel sections, and stop at
-    # its end (ORT's `session.force_spinning_stop`): a run then costs about what it costs with
-    # spinning on (0.61 vs 0.58 ms at 100 candidates, 2.43 vs 2.37 ms at 500; fully off, 0.83 and
-    # 2.85-2.97 ms: every section waits for sleeping workers), and nothing spins between runs.
-    spinning: bool = True
+    # How ORT's idle intra-op workers wait (`SPIN_MODES`): `always` spins between runs too (ORT's
+    # default: the lowest latency in a tight loop, a core burnt meanwhile); `run` spins inside a
+    # run, between its operators' parallel sections, and stops at its end
+    # (`session.force_spinning_stop`); `off` never spins (each section wakes sleeping workers).
+    spinning: SpinMode = "always"
     # Execution providers in order of preference; ones this build lacks are dropped (CPU is last).
     providers: tuple[str, ...] = (CPU,)
 
@@ -59,8 +61,9 @@ class RuntimeOptions:
         options.inter_op_num_threads = self.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        if not self.spinning:
+        spinning = "0" if self.spinning == "off" else "1"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        if self.spinning == "run":
             options.add_session_config_entry("session.force_spinning_stop", "1")
         return options
 

@@ -58,12 +58,14 @@ class Settings:
     # ONNX Runtime threads per session (0: ORT's default).
     intra_op_threads: int = 2
     inter_op_threads: int = 1
-    # Let ORT's worker threads spin after a run. Off by default: on 2 cores the spinning worker
-    # holds a core while the response is written and the client wakes, so every step after the
-    # ONNX call ran slower; benchmarks/serving_rank.py measures both (spinning off: p50 1.0-2.1x
-    # lower, CPU per request about half, on a loaded 2-core machine; docs/benchmarks.md). Off,
-    # the workers still spin inside a run and stop at its end (ranker.onnx_model.RuntimeOptions).
-    ort_spinning: bool = False
+    # How ORT's worker threads wait between parallel sections (ranker.onnx_model.RuntimeOptions):
+    # `off` (default) never spins; `always` spins after a run too: on 2 cores the spinning worker
+    # held a core while the response was written (p50 1.0-2.1x higher, CPU per request about
+    # double, on a loaded 2-core machine); `run` spins inside a run and stops at its end: p50
+    # 10-16% lower than `off` on a quiet 2-core machine, but about 2% of runs stall ~4 ms when
+    # the woken worker lands on the core where the caller spins, so p99 about doubles there
+    # (docs/serving.md). `1`/`true` mean `always`, `0`/`false` `off`, as before.
+    ort_spinning: Literal["off", "run", "always"] = "off"  # ranker.onnx_model.SPIN_MODES
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.
     providers: tuple[str, ...] = (CUDA, CPU)
     # Refuse to start (or swap in a model) unless CUDA is the active provider.
@@ -120,6 +122,17 @@ class Settings:
         """`none`, `null` or empty text switch an optional setting off (as in the variables)."""
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
             return None
+        return value
+
+    @field_validator("ort_spinning", mode="before")
+    @classmethod
+    def _spin_mode(cls, value: Any) -> Any:
+        """The boolean spellings the setting had before it had three modes."""
+        if isinstance(value, bool):
+            return "always" if value else "off"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return {"1": "always", "true": "always", "0": "off", "false": "off"}.get(text, text)
         return value
 
     @field_validator("providers", "warmup_counts", mode="before")

@@ -666,7 +666,7 @@ def run(size: Size, out: Path, seeds: int = 1, window: str = "all") -> dict[str,
         paired = counterfactual(world, registry, versions, day, min(size.ab_requests, 2000))
     study = None
     if seeds > 1:
-        with timer.stage(f"seed study: {seeds} training seeds per variant on the built days"):
+        with timer.stage(f"seed study: {seeds} training seeds per variant on the window"):
             first = {a: retrained[a].version for a in ARMS}
             study = seed_study(size, out, world, registry, days[0], first, seeds)
     learnt = retrained["debiased"].examination or []

@@ -63,7 +63,7 @@ class Settings:
     # held a core while the response was written (p50 1.0-2.1x higher, CPU per request about
     # double, on a loaded 2-core machine); `run` spins inside a run and stops at its end: p50
     # 9-11% lower than `off` on a quiet 2-core machine, but about 2% of runs stall ~4 ms when
-    # the woken worker lands on the core where the caller spins, so p99 about doubles there
+    # the woken worker lands on the core where the caller spins, so p99 rises up to ~2x at 100
     # (docs/serving.md). `1`/`true` mean `always`, `0`/`false` `off`, as before.
     ort_spinning: Literal["off", "run", "always"] = "off"  # ranker.onnx_model.SPIN_MODES
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ranker.models import MultiTaskModel, build_model
+from ranker.models.calibration import OutputCalibration
 from ranker.schema import FeatureSpec
 from ranker.tasks import build_tasks
 
@@ -38,7 +39,8 @@ def atomic_save(obj: Any, path: Path) -> int:
 
 
 def load_best(path: Path, device: str = "cpu") -> MultiTaskModel:
-    """The best epoch's inference model from a run directory's best.pt."""
+    """The best epoch's inference model from a run directory's best.pt, with its calibration
+    under drift when the run fitted one."""
     state = torch.load(path, map_location=device, weights_only=True)
     spec = FeatureSpec.from_yaml(state["spec_yaml"], str(path))
     hparams = state["hparams"]
@@ -47,6 +49,9 @@ def load_best(path: Path, device: str = "cpu") -> MultiTaskModel:
     )
     model = build_model(hparams["kind"], spec, tasks, hparams["config"])
     model.load_state_dict(state["model_state"])
+    offsets = state.get("calibration")  # calibration under drift (training/calibration.py)
+    if offsets:
+        model.calibration = OutputCalibration.for_tasks(model.tasks, offsets)
     model.to(device)
     model.eval()
     return model

@@ -135,6 +135,15 @@ class DebiasConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    # Calibration under drift (training/calibration.py): `trend` shifts each task's predictions
+    # by a line fitted through the training days' offsets, read `horizon_days` after the newest
+    # day of the data (train, validation and test days); `none`: off.
+    drift: str = "none"
+    horizon_days: int = 1
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     # MLflow tracking URI (`http://mlflow:5000`, `file:/path`); None: no tracking. Needs the
     # `mlflow` extra (training/tracking.py).
@@ -155,6 +164,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainLoop = field(default_factory=TrainLoop)
     debias: DebiasConfig = field(default_factory=DebiasConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Run directory (checkpoints, metrics.json, plots).
     out: str = "runs/latest"
@@ -363,6 +373,7 @@ def validate(config: TrainConfig) -> None:
             f"aux.tasks: unknown tasks {unknown_aux}; tasks: {list(config.tasks.names)}"
         )
     _check_debias(config.debias, config.data)
+    _check_calibration(config.calibration, config.data)
     _check_loop(config.train, config.tasks.names)
     _check_data(config.data)
 
@@ -418,6 +429,18 @@ def _check_debias(debias: DebiasConfig, data: DataConfig) -> None:
         raise ConfigError(f"debias.lr: must be > 0, got {debias.lr}")
     if debias.max_positions < 2:
         raise ConfigError(f"debias.max_positions: must be >= 2, got {debias.max_positions}")
+
+
+def _check_calibration(calibration: CalibrationConfig, data: DataConfig) -> None:
+    if calibration.drift not in ("none", "trend"):
+        raise ConfigError(f"calibration.drift: must be none or trend, got {calibration.drift!r}")
+    if calibration.drift != "none" and data.stream:
+        raise ConfigError(
+            "calibration.drift: the streaming path (data.stream) keeps no training predictions "
+            "to fit it on; set calibration.drift=none"
+        )
+    if calibration.horizon_days < 0:
+        raise ConfigError(f"calibration.horizon_days: must be >= 0, got {calibration.horizon_days}")
 
 
 def _check_loop(loop: TrainLoop, tasks: Sequence[str]) -> None:

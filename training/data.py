@@ -318,6 +318,8 @@ class EncodedData:
     oracle: dict[str, np.ndarray] = field(default_factory=dict)
     # int64 served position (0 = top) when the log has a `position` column; training only.
     position: np.ndarray | None = None
+    # int64 day number (ts // MS_PER_DAY) of each row: calibration under drift fits per day.
+    day: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -336,6 +338,7 @@ class EncodedData:
             self.user_id[index],
             pick(self.oracle),
             None if self.position is None else self.position[index],
+            None if self.day is None else self.day[index],
         )
 
     def slices(self, batch_size: int) -> Iterator[EncodedData]:
@@ -349,6 +352,7 @@ class EncodedData:
                 self.user_id[part],
                 {k: v[part] for k, v in self.oracle.items()},
                 None if self.position is None else self.position[part],
+                None if self.day is None else self.day[part],
             )
 
     def shuffled_batches(self, batch_size: int, seed: int) -> Iterator[EncodedData]:
@@ -385,6 +389,7 @@ def encode_table(table: pa.Table, encoder: FeatureEncoder) -> EncodedData:
         table["user_id"].to_numpy(zero_copy_only=False),
         oracle,
         position,
+        table["ts"].to_numpy(zero_copy_only=False).astype(np.int64) // MS_PER_DAY,
     )
 
 

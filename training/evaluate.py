@@ -2,8 +2,9 @@
 
 Metrics (all in natural units):
 - click: AUC, GAUC (per user), logloss, calibration (mean prediction / observed rate);
-- watch_time: RMSE and MAE in seconds, NDCG@10 of watch time per request (ranked by the prediction);
-- completion: RMSE.
+- watch_time: RMSE and MAE in seconds, NDCG@10 of watch time per request (ranked by the prediction),
+  calibration (mean prediction / mean label);
+- completion: RMSE, calibration.
 When the data carries oracle columns, the same metrics are computed for the true expectations
 (the Bayes-optimal predictor) and reported with the gap, with the constant predictor's value
 (`constant_*`: every row predicted as the evaluated rows' mean label, ties in row order) and the
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ranker import metrics
-from ranker.models import MultiTaskModel, task_loss, task_output
+from ranker.models import MultiTaskModel, task_loss
 from training.data import EncodedData
 
 # Metrics with a captured share (calibration has none: 1 is best, not an end of a scale).
@@ -63,7 +64,8 @@ def task_metrics(
             "logloss": metrics.logloss(labels, preds),
             "calibration": metrics.calibration(labels, preds),
         }
-    out = {"rmse": metrics.rmse(labels, preds)}
+    # calibration: mean prediction / mean label, as for click (a mean-unbiased head gives ~1).
+    out = {"rmse": metrics.rmse(labels, preds), "calibration": metrics.calibration(labels, preds)}
     if task == "watch_time":
         out["mae"] = metrics.mae(labels, preds)
         out["ndcg@10"] = metrics.ndcg_at_k(labels, preds, data.request_id, k=10)
@@ -185,10 +187,9 @@ def predict_with_losses(
     for batch in data.slices(batch_size):
         inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.inputs.items()}
         raw = model.forward_parts(inputs).raw
+        for name, values in model.predictions(raw).items():
+            parts.setdefault(name, []).append(values.float().cpu().numpy())
         for task in model.tasks:
-            parts.setdefault(task.name, []).append(
-                task_output(task, raw[task.name]).float().cpu().numpy()
-            )
             label = torch.from_numpy(batch.labels[task.name]).to(device)
             sums[task.name] += float(task_loss(task, raw[task.name], label)) * batch.rows
     model.train(was_training)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ranker.features import FeatureEncoder, dense_values, transform_dense
-from ranker.models import MultiTaskModel, task_loss, task_output
+from ranker.models import MultiTaskModel, task_loss
 from ranker.schema import ID_COLUMNS, LABEL_COLUMNS, ORACLE_COLUMNS, DenseStats, FeatureSpec
 from training.data import (
     MS_PER_DAY,
@@ -359,9 +359,8 @@ def evaluate_stream(
         for chunk in split.chunks(encoder):
             inputs = {k: torch.from_numpy(v).to(device) for k, v in chunk.inputs.items()}
             raw = model.forward_parts(inputs).raw
-            preds = {}
+            preds = {t: v.float().cpu().numpy() for t, v in model.predictions(raw).items()}
             for task in model.tasks:
-                preds[task.name] = task_output(task, raw[task.name]).float().cpu().numpy()
                 label = torch.from_numpy(chunk.labels[task.name]).to(device)
                 sums[task.name] += float(task_loss(task, raw[task.name], label)) * chunk.rows
             spilled.add(preds, chunk)

@@ -80,15 +80,16 @@ class _Sums:
         """The metrics `training.evaluate.task_metrics` reports, from the sums."""
         n = self.rows
         grouped = self.grouped / self.group_weight if self.group_weight else math.nan
+        observed = self.label_sum / n
+        calibration = (self.pred_sum / n) / observed if observed > 0 else math.nan
         if task == "click":
-            observed = self.label_sum / n
             return {
                 "auc": auc,
                 "gauc": grouped,
                 "logloss": self.log_loss / n,
-                "calibration": (self.pred_sum / n) / observed if observed > 0 else math.nan,
+                "calibration": calibration,
             }
-        out = {"rmse": math.sqrt(self.sq_error / n)}
+        out = {"rmse": math.sqrt(self.sq_error / n), "calibration": calibration}
         if task == "watch_time":
             out["mae"] = self.abs_error / n
             out["ndcg@10"] = grouped

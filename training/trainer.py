@@ -40,15 +40,17 @@ from ranker.balancing import Balancer, build_balancer
 from ranker.balancing.gramian import gramian_on_params, gramian_on_representation
 from ranker.features import FeatureEncoder
 from ranker.models import MultiTaskModel, MultiTaskTrainingModel, build_model
+from ranker.models.calibration import OutputCalibration
 from ranker.models.inputs import use_sparse_gradients
 from ranker.models.position import POSITION_INPUT, AtServedPosition, PositionBias
 from ranker.schema import FeatureSpec
 from ranker.tasks import build_tasks
+from training.calibration import TaskDrift, fit_drift
 from training.checkpoint import BEST, CHECKPOINT, atomic_save, load_best
 from training.config import ConfigError, TrainConfig
-from training.data import EncodedData
+from training.data import EncodedData, day_number
 from training.distributed import DistributedWorld, all_reduce_sum, barrier, rank_seed
-from training.evaluate import evaluate_model, higher_is_better, lookup
+from training.evaluate import evaluate_model, higher_is_better, lookup, predict
 from training.grad_reducer import GradientSync, gradient_sync
 from training.optimizer import SplitOptimizer, clip_grad_norm
 from training.prepare import PreparedData
@@ -315,6 +317,31 @@ class Trainer:
             return evaluate_model(at_position, served, device=str(self.device))
         return evaluate_model(model, split, device=str(self.device))
 
+    def _calibrate(self, model: MultiTaskModel, tower: PositionBias | None) -> dict[str, TaskDrift]:
+        """With `calibration.drift: trend`, fit the best model's offsets on the training days
+        (at the served positions when debiased, as evaluated), set them on `model` and store
+        them in best.pt, which export and load_best read."""
+        settings = self.config.calibration
+        train = self.data.train
+        if settings.drift == "none" or not isinstance(train, EncodedData) or train.day is None:
+            return {}
+        days = train.day
+        model.calibration = OutputCalibration()  # fit on the model's own outputs (a resumed run)
+        scored: torch.nn.Module = model
+        if tower is not None and train.position is not None:
+            train = replace(train, inputs={**train.inputs, POSITION_INPUT: train.position})
+            scored = AtServedPosition(model, tower)
+        preds = predict(scored, train, device=str(self.device))
+        split = self.data.split
+        newest = max(day_number(d) for d in [*split.train, *split.valid, *split.test])
+        fits = fit_drift(model.tasks, days, preds, train.labels, newest + settings.horizon_days)
+        offsets = {task: fit.offset for task, fit in fits.items()}
+        model.calibration = OutputCalibration.for_tasks(model.tasks, offsets)
+        state = torch.load(self.run_dir / BEST, map_location="cpu", weights_only=True)
+        state["calibration"] = offsets
+        atomic_save(state, self.run_dir / BEST)
+        return fits
+
     def _best_tower(self) -> PositionBias | None:
         """The best epoch's position tower (from best.pt); None without debiasing."""
         if self.wrapper.position is None:
@@ -416,6 +443,7 @@ class Trainer:
             return {}
         best = load_best(self.run_dir / BEST, device=str(self.device))
         tower = self._best_tower()
+        drift = self._calibrate(best, tower)
         doc: dict[str, Any] = {
             "config": self.config.to_dict(),
             "split": {
@@ -439,6 +467,8 @@ class Trainer:
         }
         if self.data.test is not None:
             doc["test"] = self._evaluate(best, self.data.test, tower)
+        if drift:  # calibration under drift: per-day offsets, the line, the applied offset
+            doc["calibration"] = {task: fit.to_dict() for task, fit in drift.items()}
         if tower is not None:  # the best epoch's P(seen | position); metrics at served positions
             doc["examination"] = [round(float(v), 4) for v in tower.examination()]
             doc["evaluated_at"] = "served positions (model x position tower)"

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
+from ranker.models.calibration import OutputCalibration
 from ranker.models.inputs import InputLayer
 from ranker.models.losses import task_output
 from ranker.models.towers import TaskTowers
@@ -113,6 +114,8 @@ class MultiTaskModel(nn.Module):
         _check_feeds(dict(config.feeds), self.task_names)
         self.inputs = InputLayer(spec, config.embedding_dim)
         self.input_names = self.inputs.input_names
+        # Calibration under drift, set after training (training/calibration.py); none: identity.
+        self.calibration = OutputCalibration()
 
     def _make_towers(self, in_dim: int) -> None:
         c = self.config
@@ -146,8 +149,11 @@ class MultiTaskModel(nn.Module):
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [N] prediction in natural units}: click probability, watch_time seconds >= 0,
         completion in [0, 1]; keys in task order."""
-        raw = self.forward_parts(inputs).raw
-        return {t.name: task_output(t, raw[t.name]) for t in self.tasks}
+        return self.predictions(self.forward_parts(inputs).raw)
+
+    def predictions(self, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Raw outputs -> natural-unit predictions, calibrated: what `forward` returns."""
+        return self.calibration({t.name: task_output(t, raw[t.name]) for t in self.tasks})
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters only `task` owns in this module: its tower."""

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ranker.models.base import ModelParts, MultiTaskModel
-from ranker.models.losses import task_output
 from ranker.tasks import Task
 
 # Inputs key of the served positions for `AtServedPosition` (never a model input).
@@ -115,6 +114,8 @@ class AtServedPosition(nn.Module):
         raw = {t.name: self.tower.observed_raw(t, parts.raw[t.name], position) for t in self.tasks}
         return parts._replace(raw=raw)
 
+    def predictions(self, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.model.predictions(raw)
+
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        raw = self.forward_parts(inputs).raw
-        return {t.name: task_output(t, raw[t.name]) for t in self.tasks}
+        return self.predictions(self.forward_parts(inputs).raw)

@@ -47,7 +47,7 @@ def test_demo_trains_the_recommended_configuration() -> None:
     assert demo["model"]["kind"] == recommended["model"]["kind"]
     for key in model_keys:
         assert demo["model"]["config"][key] == recommended["model"]["config"][key], key
-    for section in ("tasks", "balancer", "aux"):
+    for section in ("tasks", "balancer", "aux", "calibration"):
         assert demo[section] == recommended[section], section
     for key in ("lr", "embedding_l2", "task_lr"):
         assert demo["optimizer"][key] == recommended["optimizer"][key], key

@@ -143,6 +143,9 @@ def _publication(
             "valid": run_metrics.get("valid"),
             "test": run_metrics.get("test"),
             "best_epoch": state["epoch"],
+            # Calibration under drift baked into the graph: per task the applied offset, its
+            # target day and the per-day offsets it was fitted on (training/calibration.py).
+            **({"calibration": run_metrics["calibration"]} if "calibration" in run_metrics else {}),
         },
         parent=parent,
         model_kind=hparams["kind"],

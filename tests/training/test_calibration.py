@@ -156,6 +156,7 @@ def test_a_calibrated_run_stores_applies_and_exports_its_offsets(
     for task in model.task_names:
         np.testing.assert_allclose(got[task], calibrated[task].numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(got["click"], plain["click"].numpy(), rtol=1e-4, atol=1e-5)
+    assert manifest.metrics["calibration"] == doc["calibration"]  # the manifest says what it holds
 
 
 def test_an_uncalibrated_run_has_no_offsets(tiny_run: Path) -> None:

@@ -63,7 +63,9 @@ CONFIGS: dict[str, tuple[Path | None, list[str]]] = {
     "mmoe_ew+dot": (None, [*MODEL, "balancer.name=ew", "model.config.interactions=dot"]),
     "mmoe_ew+zi_gamma": (None, [*MODEL, "balancer.name=ew", "tasks.losses.watch_time=zi_gamma"]),
     "recommended": (RECOMMENDED, []),
-    # The same without calibration under drift: what the calibration changes, in the same run.
+    # The same without one lever each: what the weight average and the calibration under drift
+    # change, in the same run.
+    "recommended-noema": (RECOMMENDED, ["train.ema_decay=0"]),
     "recommended-nodrift": (RECOMMENDED, ["calibration.drift=none"]),
     # Not in the default run (--configs adds it): ZILN overshoots the mean on this world.
     "mmoe_ew+ziln": (None, [*MODEL, "balancer.name=ew", "tasks.losses.watch_time=ziln"]),
@@ -72,6 +74,7 @@ DEFAULT_CONFIGS = [
     "mmoe_ew",
     "mmoe_ew+dot",
     "mmoe_ew+zi_gamma",
+    "recommended-noema",
     "recommended-nodrift",
     "recommended",
 ]

@@ -49,6 +49,7 @@ RECOMMENDED = [
     "optimizer.lr=0.003",
     "optimizer.embedding_l2=0.1",
     "train.early_stopping=loss",
+    "train.ema_decay=0.995",
     "calibration.drift=trend",
 ]
 MODEL_NAME = "ranker"

@@ -109,6 +109,10 @@ class TrainLoop:
     max_steps_per_epoch: int | None = None
     # torch threads (None: torch's default).
     threads: int | None = None
+    # Validate, keep and export an exponential moving average of the model's weights, updated
+    # after every step with this decay (torch.optim.swa_utils.AveragedModel); 0: the last step's
+    # weights. 0.99 averages over ~100 steps.
+    ema_decay: float = 0.0
     # Training forward precision: float32, or bfloat16 mixed precision (matrix products in
     # bfloat16; weights, gradients, optimiser state and losses float32; about 2x faster matrix
     # products on CPUs with AVX-512 BF16 or AMX, and on GPUs). Evaluation and export: float32.
@@ -453,6 +457,8 @@ def _check_loop(loop: TrainLoop, tasks: Sequence[str]) -> None:
         )
     if loop.bucket_mb <= 0:
         raise ConfigError(f"train.bucket_mb: must be > 0, got {loop.bucket_mb}")
+    if not 0.0 <= loop.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {loop.ema_decay}")
     from training.evaluate import metric_keys
 
     keys = metric_keys(tasks)

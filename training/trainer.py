@@ -35,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from ranker.balancing import Balancer, build_balancer
 from ranker.balancing.gramian import gramian_on_params, gramian_on_representation
@@ -55,6 +56,7 @@ from training.grad_reducer import GradientSync, gradient_sync
 from training.optimizer import SplitOptimizer, clip_grad_norm
 from training.prepare import PreparedData
 from training.stream import StreamingData, StreamSplit, evaluate_stream
+from training.weight_average import ema_fn
 
 
 def build_training(
@@ -147,6 +149,14 @@ class Trainer:
             )
         sparse = use_sparse_gradients(self.wrapper) if config.optimizer.sparse_embeddings else []
         self.optimizer = SplitOptimizer(groups, sparse, config.optimizer.weight_decay)
+        # train.ema_decay: the moving average of the weights is what is validated and kept.
+        self.average: AveragedModel | None = None
+        if config.train.ema_decay > 0:
+            self.average = AveragedModel(
+                self.model,
+                multi_avg_fn=ema_fn(config.train.ema_decay),
+                use_buffers=False,  # buffers (hashing offsets, dense statistics) are copied
+            )
         self.gradients = self._gradient_sync()
         self.step = 0
         self.epoch = 0
@@ -175,6 +185,14 @@ class Trainer:
     @property
     def model(self) -> MultiTaskModel:
         return self.wrapper.model
+
+    @property
+    def inference_model(self) -> MultiTaskModel:
+        """What is validated and saved as best.pt: the weights' moving average with
+        `train.ema_decay`, else the model as trained."""
+        if self.average is None:
+            return self.model
+        return cast(MultiTaskModel, self.average.module)
 
     # -- one step ---------------------------------------------------------------------------
     def _tensors(self, arrays: Mapping[str, np.ndarray], part: slice) -> dict[str, Tensor]:
@@ -241,6 +259,8 @@ class Trainer:
         if self.config.optimizer.clip_norm > 0:
             clip_grad_norm(self.wrapper.parameters(), self.config.optimizer.clip_norm)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         main = all_reduce_sum(out.main_losses.detach() * share, world)
         for i, task in enumerate(self.task_names):
@@ -288,7 +308,7 @@ class Trainer:
             records = self._train_epoch()
             if self.world.is_main:
                 _append_csv(steps_file, records)
-                valid = self._evaluate(self.model, self.data.valid, self.wrapper.position)
+                valid = self._evaluate(self.inference_model, self.data.valid, self.wrapper.position)
                 self._after_epoch(valid, records)
             barrier(self.world)
             self._sync_stop()
@@ -485,7 +505,7 @@ class Trainer:
         """What export needs: the inference model's weights, its hyper-parameters and spec."""
         atomic_save(
             {
-                "model_state": self.model.state_dict(),
+                "model_state": self.inference_model.state_dict(),
                 "hparams": self.model.hparams(),
                 "spec_yaml": self.data.spec.to_yaml(),
                 "config": self.config.to_dict(),
@@ -516,6 +536,7 @@ class Trainer:
                 "wrapper_state": self.wrapper.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
                 "balancer_state": self.balancer.state_dict(),
+                "average_state": None if self.average is None else self.average.state_dict(),
                 "config": self.config.to_dict(),
                 "spec_yaml": self.data.spec.to_yaml(),
                 "epoch": self.epoch,
@@ -534,6 +555,8 @@ class Trainer:
         self.wrapper.load_state_dict(state["wrapper_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.balancer.load_state_dict(state["balancer_state"])
+        if self.average is not None and state.get("average_state") is not None:
+            self.average.load_state_dict(state["average_state"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.history = json.loads(state["history"])

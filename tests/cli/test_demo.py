@@ -51,4 +51,5 @@ def test_demo_trains_the_recommended_configuration() -> None:
         assert demo[section] == recommended[section], section
     for key in ("lr", "embedding_l2", "task_lr"):
         assert demo["optimizer"][key] == recommended["optimizer"][key], key
-    assert demo["train"]["early_stopping"] == recommended["train"]["early_stopping"]
+    for key in ("early_stopping", "ema_decay"):
+        assert demo["train"][key] == recommended["train"][key], key

@@ -68,9 +68,11 @@ def test_same_seed_same_model(tiny_log: Path, tmp_path: Path) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize("method", ["emtl", "uw"])
-def test_resume_equals_uninterrupted(tiny_log: Path, tmp_path: Path, method: str) -> None:
-    extra = (f"balancer.name={method}", "aux.form=linear", "model.config.dropout=0.2")
+@pytest.mark.parametrize(
+    ("method", "ema"), [("emtl", "train.ema_decay=0"), ("uw", "train.ema_decay=0.9")]
+)
+def test_resume_equals_uninterrupted(tiny_log: Path, tmp_path: Path, method: str, ema: str) -> None:
+    extra = (f"balancer.name={method}", "aux.form=linear", "model.config.dropout=0.2", ema)
     run(tiny_log, tmp_path / "whole", *extra)
     run(tiny_log, tmp_path / "parts", *extra, "train.epochs=1")
     run(tiny_log, tmp_path / "parts", *extra, resume=True)
@@ -80,6 +82,39 @@ def test_resume_equals_uninterrupted(tiny_log: Path, tmp_path: Path, method: str
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())["test"]
     b = json.loads((tmp_path / "parts" / "metrics.json").read_text())["test"]
     assert a == b
+    # best.pt too: with train.ema_decay it holds the average, which the checkpoint carries over.
+    best_whole = torch.load(tmp_path / "whole" / BEST, weights_only=True)["model_state"]
+    best_parts = torch.load(tmp_path / "parts" / BEST, weights_only=True)["model_state"]
+    for name in best_whole:
+        assert torch.equal(best_whole[name], best_parts[name]), name
+
+
+def test_weight_average_is_what_is_validated_and_kept(tiny_log: Path, tmp_path: Path) -> None:
+    """With train.ema_decay, best.pt holds the moving average of the weights (not the last
+    step's): the steps' weights weighted decay^k apart, k steps before the last, normalised."""
+    config = load_config(
+        None, tiny_overrides(tiny_log, tmp_path, "train.ema_decay=0.5", "train.epochs=1")
+    )
+    trainer = Trainer(config, prepare_data(config), tmp_path, progress=False)
+    seen: list[dict[str, torch.Tensor]] = []
+    step = trainer.train_step
+
+    def record(batch: EncodedData) -> dict:
+        out = step(batch)
+        seen.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return out
+
+    trainer.train_step = record  # type: ignore[method-assign]
+    trainer.fit()
+    assert len(seen) == 4
+    best = torch.load(tmp_path / BEST, weights_only=True)["model_state"]
+    name = "inputs.item.table.weight"
+    weights = [0.5 ** (len(seen) - 1 - t) for t in range(len(seen))]
+    expected = sum(w * state[name] for w, state in zip(weights, seen, strict=True)) / sum(weights)
+    assert torch.allclose(best[name], expected, atol=1e-6)
+    assert not torch.allclose(best[name], seen[-1][name])  # not the last step's weights
+    raw = torch.load(tmp_path / CHECKPOINT, weights_only=True)["wrapper_state"]
+    assert torch.equal(raw[f"model.{name}"], seen[-1][name])  # training goes on from the raw ones
 
 
 @pytest.mark.parametrize(
@@ -304,3 +339,24 @@ def test_bfloat16_mixed_precision_trains_float32_weights(tiny_log: Path, tmp_pat
     assert abs(bf16["test"]["click"]["auc"] - fp32["test"]["click"]["auc"]) < 0.05
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp8"])
+
+
+def test_the_average_weighs_only_the_steps_taken() -> None:
+    """The bias-corrected EMA of constant weights is those weights from the first update on
+    (torch's plain EMA from a copy would be too, but not from a start far from them)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from training.weight_average import ema_fn
+
+    model = torch.nn.Linear(3, 1)
+    average = AveragedModel(model, multi_avg_fn=ema_fn(0.99))
+    values = [torch.full((1, 3), float(v)) for v in (4.0, 0.0, 2.0)]
+    for value in values:
+        with torch.no_grad():
+            model.weight.copy_(value)
+        average.update_parameters(model)
+    weights = torch.tensor([0.99**2, 0.99, 1.0])
+    expected = sum(w * v for w, v in zip(weights, values, strict=True)) / weights.sum()
+    assert torch.allclose(average.module.weight, expected)
+    with pytest.raises(ValueError, match="decay"):
+        ema_fn(1.0)

@@ -7,7 +7,8 @@ is timed in both Gramian modes: `representation` (per-task gradients on the expe
 backward through the experts) and `parameters` (per-task gradients on the expert weights). Methods
 that need no Gramian have one mode. Steps are interleaved round-robin so that machine noise hits
 every method alike; the figure is the fastest step (the least disturbed on a shared machine),
-with the median beside it.
+with the median beside it. One more row: `ew` with the moving average of the weights that
+`train.ema_decay` keeps (one pass over every weight, embedding tables included, per step).
 Goal (issue 3): emtl and mgda <= 1.5x ew in representation mode and <= 2.5x on parameters; famo and
 uw within 1.1x.
 """
@@ -29,6 +30,8 @@ from training.config import load_config
 from training.prepare import prepare_data
 from training.trainer import Trainer
 
+# configs/train.yaml's train.ema_decay, for the row that times the weight average.
+EMA = 0.995
 MODEL = [
     "model.kind=mmoe",
     "model.config.num_experts=8",
@@ -65,6 +68,22 @@ def main() -> None:
                 load_config(None, overrides), data, Path(tmp), progress=False, equity_every=0
             )
             variants[f"{method}|{mode}"] = trainer
+    if "ew" in methods:  # the moving average of the weights (train.ema_decay), updated every step
+        variants["ew, weight average|-"] = Trainer(
+            load_config(
+                None,
+                [
+                    f"train.batch_size={args.batch}",
+                    *MODEL,
+                    "balancer.name=ew",
+                    f"train.ema_decay={EMA}",
+                ],
+            ),
+            data,
+            Path(tmp),
+            progress=False,
+            equity_every=0,
+        )
     times: dict[str, list[float]] = {key: [] for key in variants}
     for _ in range(2):  # warm-up
         for trainer in variants.values():

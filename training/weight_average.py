@@ -4,7 +4,8 @@ Id embeddings learnt from a few hundred impressions each move a lot from step to
 over the last ~1 / (1 - decay) steps estimates them better than the last step. On the quality
 benchmark's worlds (configs/train.yaml, seeds 0-2, validation day) decay 0.995 raised the captured
 click AUC, watch RMSE and completion RMSE by 0.8-1.9, 1.1-5.5 and 1.3-2.8 points on every seed;
-averaging the dense layers alone kept a third of it (docs/results.md).
+averaging the dense layers alone kept a third of it (docs/results.md). The cost is one pass over
+every weight per step: 1.04x an equal-weights step on the simulator's spec (docs/benchmarks.md).
 
 torch.optim.swa_utils.AveragedModel keeps the copy and updates it; this module gives it the
 average: an exponential one whose first steps are not tied to the first step's weights.

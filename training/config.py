@@ -90,6 +90,8 @@ class OptimizerConfig:
     # L2 penalty on the embeddings a batch reads: embedding_l2 * mean squared norm of a row's
     # field embeddings, added to the loss outside the balancer (0: off).
     embedding_l2: float = 0.0
+    # The same penalty on the tables of the factor terms (model.config.factor_rank > 0).
+    factor_l2: float = 0.0
     # Clip the global gradient norm (0: off).
     clip_norm: float = 0.0
 
@@ -393,6 +395,10 @@ def _check_model(model: ModelSection) -> None:
             raise ConfigError(
                 f"model.config.{name}: unknown {model.kind} field; valid: {valid_fields}"
             )
+    try:  # values too, at load time rather than when the model is built after the data
+        MODELS[model.kind].config_class(**model.config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.config: {exc}") from None
 
 
 def _check_balancer(balancer: BalancerConfig) -> None:
@@ -415,6 +421,8 @@ def _check_balancer(balancer: BalancerConfig) -> None:
 def _check_optimizer(optimizer: OptimizerConfig, tasks: Sequence[str]) -> None:
     if optimizer.embedding_l2 < 0:
         raise ConfigError(f"optimizer.embedding_l2: must be >= 0, got {optimizer.embedding_l2}")
+    if optimizer.factor_l2 < 0:
+        raise ConfigError(f"optimizer.factor_l2: must be >= 0, got {optimizer.factor_l2}")
     if optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr: must be > 0, got {optimizer.lr}")
     for task, lr in optimizer.task_lr.items():

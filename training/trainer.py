@@ -84,7 +84,11 @@ def build_training(
     if config.debias.position == "pal":
         position = PositionBias(config.debias.max_positions)
     wrapper = MultiTaskTrainingModel(
-        model, config.aux, config.optimizer.embedding_l2, position=position
+        model,
+        config.aux,
+        config.optimizer.embedding_l2,
+        factor_l2=config.optimizer.factor_l2,
+        position=position,
     )
     return wrapper, balancer
 

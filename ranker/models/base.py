@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor, nn
 
 from ranker.models.calibration import OutputCalibration
+from ranker.models.factors import TaskFactors
 from ranker.models.inputs import InputLayer
 from ranker.models.losses import task_output
 from ranker.models.towers import TaskTowers
@@ -25,6 +26,10 @@ from ranker.tasks import Task
 # REQUEST_INDEX, the batched graph's extra input (named in ranker.registry, which serving reads
 # without torch): for each item row, the row of its request in the user inputs ([N] int64).
 # Without it the user inputs have batch 1 (one request) or N (row-wise).
+
+
+# Integer fields that may be 0 (off); every other integer is a size >= 1.
+_INT_MINIMUM = {"factor_rank": 0}
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class ModelConfig:
     # target task -> source task: the target's tower also reads the source's detached raw output.
     # A mapping is accepted and stored as pairs; the source must come earlier in task order.
     feeds: tuple[tuple[str, str], ...] = ()
+    # Rank of each task's own user x item bilinear term added to its raw outputs
+    # (`ranker.models.factors`); 0: none.
+    factor_rank: int = 0
 
     def __post_init__(self) -> None:
         # Types come from the annotations (strings under `from __future__ import annotations`):
@@ -55,8 +63,9 @@ class ModelConfig:
                 if len(set(targets)) != len(targets):
                     raise ValueError(f"feeds: a task can be fed by one source only, got {value}")
             elif ftype == "int":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                least = _INT_MINIMUM.get(name, 1)
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
             elif ftype == "float":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
@@ -114,6 +123,13 @@ class MultiTaskModel(nn.Module):
         _check_feeds(dict(config.feeds), self.task_names)
         self.inputs = InputLayer(spec, config.embedding_dim)
         self.input_names = self.inputs.input_names
+        self.factors = (
+            TaskFactors(
+                spec, self.task_names, {t.name: t.raw_width for t in self.tasks}, config.factor_rank
+            )
+            if config.factor_rank
+            else None
+        )
         # Calibration under drift, set after training (training/calibration.py); none: identity.
         self.calibration = OutputCalibration()
 
@@ -143,7 +159,8 @@ class MultiTaskModel(nn.Module):
             # one graph for any architecture (docs/serving.md: batched graph).
             user = user.index_select(0, rows)
         body = self.body(user, item)
-        raw, tower_inputs = self.towers(body.tower_inputs)
+        offsets = self.factors(inputs, rows) if self.factors is not None else None
+        raw, tower_inputs = self.towers(body.tower_inputs, offsets)
         return ModelParts(raw, tower_inputs, body.shared, body.gates)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -162,8 +179,9 @@ class MultiTaskModel(nn.Module):
     def param_groups(
         self, lr: float, task_lr: Mapping[str, float] | None = None
     ) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: `shared` (embeddings, experts / bottom, gates) at `lr`, then one
-        group per task (its tower) at `task_lr[task]`, default `lr`. Every parameter appears once."""
+        """Optimizer parameter groups: `shared` (embeddings and factor tables, experts / bottom,
+        gates) at `lr`, then one group per task (its tower) at `task_lr[task]`, default `lr`.
+        Every parameter appears once."""
         task_lr = dict(task_lr or {})
         unknown = sorted(set(task_lr) - set(self.task_names))
         if unknown:

@@ -64,9 +64,12 @@ class TaskTowers(nn.Module):
         """Raw outputs per row of the task's tower."""
         return self.widths[task]
 
-    def forward(self, inputs: Sequence[Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(
+        self, inputs: Sequence[Tensor], offsets: Mapping[str, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """inputs: per task [N, in_dim], task order -> (raw outputs [N] or [N, width(t)], tower
-        inputs [N, in_dim(t)])."""
+        inputs [N, in_dim(t)]). `offsets[t]`, shaped like t's raw output, is added to it before any
+        feed reads it (the factor terms of `ranker.models.factors`)."""
         raw: dict[str, Tensor] = {}
         tower_inputs: dict[str, Tensor] = {}
         for task, x in zip(self.task_names, inputs, strict=True):
@@ -75,5 +78,6 @@ class TaskTowers(nn.Module):
                 fed = raw[source].detach()
                 x = torch.cat([x, fed.unsqueeze(-1) if fed.dim() == 1 else fed], dim=-1)
             tower_inputs[task] = x
-            raw[task] = self.towers[task](x)
+            out = self.towers[task](x)
+            raw[task] = out if offsets is None else out + offsets[task]
         return raw, tower_inputs

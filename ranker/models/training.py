@@ -49,7 +49,9 @@ class MultiTaskTrainingModel(nn.Module):
     `gate_usage` holds the last batch's mean gate weight per expert (detached) for logging.
     `embedding_l2` > 0 adds an L2 penalty on the embeddings each batch reads (the rows touched,
     as matrix factorisation regularises them): sparse optimisers have no weight decay, and id
-    embeddings seen a few hundred times memorise their rows without it.
+    embeddings seen a few hundred times memorise their rows without it. `factor_l2` does the same
+    for the tables of the model's factor terms, which want a weaker penalty: a dot product in the
+    logit cannot memorise the way an MLP over the embeddings can.
     `position` (training only, ranker.models.position) fits every loss at the row's served
     position, P(seen | position) times the model's output once seen; the model never reads it.
     """
@@ -60,15 +62,19 @@ class MultiTaskTrainingModel(nn.Module):
         aux: AuxConfig | None = None,
         embedding_l2: float = 0.0,
         *,
+        factor_l2: float = 0.0,
         position: PositionBias | None = None,
     ) -> None:
         super().__init__()
         if not embedding_l2 >= 0:
             raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
+        if not factor_l2 >= 0:
+            raise ValueError(f"factor_l2 must be >= 0, got {factor_l2}")
         self.model = model
         self.aux = None if aux is None or aux.form == "none" else aux
         aux = self.aux
         self.embedding_l2 = embedding_l2
+        self.factor_l2 = factor_l2
         self.position = position
         self.aux_heads = nn.ModuleDict()
         if aux is not None:
@@ -126,17 +132,26 @@ class MultiTaskTrainingModel(nn.Module):
             )
             losses = main + self.aux.gamma * aux_losses
         self.gate_usage = {k: w.detach().mean(dim=0) for k, w in parts.gates.items()}
-        penalty = self._embedding_penalty(inputs) if self.embedding_l2 > 0 else None
+        regularised = self.embedding_l2 > 0 or (
+            self.factor_l2 > 0 and self.model.factors is not None
+        )
+        penalty = self._embedding_penalty(inputs) if regularised else None
         return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates, penalty)
 
     def _embedding_penalty(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """embedding_l2 * per-row mean of the squared norms of the row's field embeddings."""
+        """embedding_l2 * per-row mean of the squared norms of the row's field embeddings, plus
+        factor_l2 * the same for the factor terms' own tables (`ranker.models.factors`)."""
         layer = self.model.inputs
         norms = [
             x[:, : embedded_fields(group) * group.embedding_dim].pow(2).sum(dim=1).mean()
             for group, x in zip((layer.user, layer.item), layer(inputs), strict=True)
         ]
-        return self.embedding_l2 * torch.stack(norms).sum()
+        total = self.embedding_l2 * torch.stack(norms).sum()
+        factors = self.model.factors
+        if factors is not None and self.factor_l2 > 0:
+            squares = [v.pow(2).sum(dim=(1, 2)).mean() for v in factors.field_vectors(inputs)]
+            total = total + self.factor_l2 * torch.stack(squares).sum()
+        return total
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.model.shared_parameters()

@@ -15,9 +15,20 @@ CONFIGS = {
     "ple": {"num_levels": 2, "expert_units": [32, 16], "feeds": {"completion": "click"}},
     "mmoe+dot": {"num_experts": 4, "expert_units": [32, 16], "interactions": "dot"},
     "ple+dot": {"num_levels": 2, "expert_units": [32, 16], "interactions": "dot"},
+    "mmoe+dot+factors": {
+        "num_experts": 4,
+        "expert_units": [32, 16],
+        "interactions": "dot",
+        "factor_rank": 3,
+        "feeds": {"completion": "click"},
+    },
 }
 # Per-variant task losses; several raw outputs still export as one watch_time output in seconds.
-LOSSES = {"ple": {"watch_time": "ziln"}, "mmoe+dot": {"watch_time": "zi_gamma"}}
+LOSSES = {
+    "ple": {"watch_time": "ziln"},
+    "mmoe+dot": {"watch_time": "zi_gamma"},
+    "mmoe+dot+factors": {"watch_time": "zi_gamma", "completion": "zi_bce"},
+}
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # pytree deprecation inside torch.export

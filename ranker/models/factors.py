@@ -1,0 +1,85 @@
+"""Per-task user x item factor terms added to the towers' raw outputs (a GMF part per task).
+
+`interactions: dot` gives the experts products of the shared field embeddings, but a task then
+reaches a product only through the shared experts and its tower's ReLUs, and every task reads the
+same embeddings although tasks weigh different latent directions (what makes a user click is not
+what makes them watch to the end). The shared embeddings are also the ones under the strong L2 an
+MLP needs against memorising ids, which shrinks the directions only a weak task (completion, seen
+on clicked rows only) supports. A factor term gives each raw output of each task its own rank-R
+dot product of a user-side and an item-side vector, from tables of its own, added to the logit
+(or log-mean) its tower emits: matrix factorisation's form (the "GMF" part of NeuMF; Rendle et
+al., 2020), learnt jointly with the multi-task network, with its own, weaker L2
+(`optimizer.factor_l2`).
+
+The user side stays computed once per request: its vector is [1, forms * R] in serving and
+broadcasts against the candidates' [N, forms * R]; per candidate it costs one row of lookups and
+forms * R multiply-adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from ranker.models.inputs import GroupInput
+from ranker.models.interactions import embedded_fields, field_embeddings
+from ranker.schema import FeatureSpec
+
+
+class TaskFactors(nn.Module):
+    """Encoded inputs -> {task: [N] or [N, width]} bilinear terms, from tables of their own.
+
+    Each side's vector is the sum of its embedded fields' vectors (user and context fields on one
+    side, item fields on the other, as a two-tower model sums them); every raw output of every
+    task ("form") owns `rank` of its columns, so tasks share no factor. `widths[t]`: raw outputs
+    per row of task t. The user side is [B_u, .] with B_u 1 (one request) or N (row-wise).
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, tasks: Sequence[str], widths: Mapping[str, int], rank: int
+    ) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"factor rank must be >= 1, got {rank}")
+        self.task_names = tuple(tasks)
+        self.widths = {t: int(widths.get(t, 1)) for t in self.task_names}
+        self.rank = rank
+        self.forms = sum(self.widths.values())
+        self.user = GroupInput(spec, "user", self.forms * rank)
+        self.item = GroupInput(spec, "item", self.forms * rank)
+        for group in (self.user, self.item):
+            if group.table is None:
+                raise ValueError(
+                    f"factor_rank needs embedded features on the {group.group} side; it has none"
+                )
+
+    def side(self, group: GroupInput, inputs: Mapping[str, Tensor]) -> Tensor:
+        """[B, fields * D] embeddings (dense columns dropped) -> [B, D], the fields summed."""
+        fields = embedded_fields(group)
+        return field_embeddings(group(inputs), fields, group.embedding_dim).sum(1)
+
+    def field_vectors(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Field embeddings of both sides, [B, fields, D] each (for the L2 penalty)."""
+        user, item = (
+            field_embeddings(g(inputs), embedded_fields(g), g.embedding_dim)
+            for g in (self.user, self.item)
+        )
+        return user, item
+
+    def forward(
+        self, inputs: Mapping[str, Tensor], rows: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        user = self.side(self.user, inputs)
+        if rows is not None:
+            user = user.index_select(0, rows)
+        products = user * self.side(self.item, inputs)  # [N, forms * R]
+        terms = products.unflatten(-1, (self.forms, self.rank)).sum(-1)  # [N, forms]
+        out: dict[str, Tensor] = {}
+        start = 0
+        for task in self.task_names:
+            width = self.widths[task]
+            term = terms[:, start : start + width]
+            out[task] = term.squeeze(-1) if width == 1 else term
+            start += width
+        return out

@@ -48,6 +48,8 @@ class ModelConfig:
     # Rank of each task's own user x item bilinear term added to its raw outputs
     # (`ranker.models.factors`); 0: none.
     factor_rank: int = 0
+    # Tasks that get the factor terms; empty: every task.
+    factor_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Types come from the annotations (strings under `from __future__ import annotations`):
@@ -72,6 +74,10 @@ class ModelConfig:
                 value = float(value)
                 if not 0.0 <= value < 1.0:
                     raise ValueError(f"{name} must be in [0, 1), got {value}")
+            elif ftype.startswith("tuple[str"):
+                value = (value,) if isinstance(value, str) else tuple(value)
+                if not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name} must be a list of names, got {value}")
             elif ftype.startswith("tuple[int"):
                 value = tuple(value)
                 if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
@@ -123,9 +129,16 @@ class MultiTaskModel(nn.Module):
         _check_feeds(dict(config.feeds), self.task_names)
         self.inputs = InputLayer(spec, config.embedding_dim)
         self.input_names = self.inputs.input_names
+        factor_tasks = config.factor_tasks or self.task_names
+        unknown = sorted(set(factor_tasks) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"factor_tasks: unknown tasks {unknown}; tasks: {self.task_names}")
         self.factors = (
             TaskFactors(
-                spec, self.task_names, {t.name: t.raw_width for t in self.tasks}, config.factor_rank
+                spec,
+                [t for t in self.task_names if t in factor_tasks],
+                {t.name: t.raw_width for t in self.tasks},
+                config.factor_rank,
             )
             if config.factor_rank
             else None

@@ -69,7 +69,7 @@ class TaskTowers(nn.Module):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """inputs: per task [N, in_dim], task order -> (raw outputs [N] or [N, width(t)], tower
         inputs [N, in_dim(t)]). `offsets[t]`, shaped like t's raw output, is added to it before any
-        feed reads it (the factor terms of `ranker.models.factors`)."""
+        feed reads it (the factor terms of `ranker.models.factors`; a task without one gets none)."""
         raw: dict[str, Tensor] = {}
         tower_inputs: dict[str, Tensor] = {}
         for task, x in zip(self.task_names, inputs, strict=True):
@@ -79,5 +79,6 @@ class TaskTowers(nn.Module):
                 x = torch.cat([x, fed.unsqueeze(-1) if fed.dim() == 1 else fed], dim=-1)
             tower_inputs[task] = x
             out = self.towers[task](x)
-            raw[task] = out if offsets is None else out + offsets[task]
+            offset = None if offsets is None else offsets.get(task)
+            raw[task] = out if offset is None else out + offset
         return raw, tower_inputs

@@ -88,6 +88,28 @@ def test_models_add_the_terms_to_the_raw_outputs(kind: str, spec: FeatureSpec, m
     assert not torch.equal(parts.tower_inputs["completion"], bare.tower_inputs["completion"])
 
 
+def test_factor_tasks_limit_the_terms_to_the_named_tasks(spec: FeatureSpec, make_inputs) -> None:
+    tasks = build_tasks(losses={"watch_time": "zi_gamma"})
+    config = {**MMOE, "factor_rank": 2, "factor_tasks": ["watch_time", "completion"]}
+    model = build_model("mmoe", spec, tasks, config).eval()
+    assert model.factors is not None and model.factors.forms == 3  # zi_gamma 2 + completion 1
+    x = make_inputs(spec, 1, 5)
+    parts = model.forward_parts(x)
+    terms = model.factors(x)
+    assert set(terms) == {"watch_time", "completion"}
+    with torch.no_grad():
+        for group in (model.factors.user, model.factors.item):
+            group.table.weight.zero_()
+    bare = model.forward_parts(x)
+    torch.testing.assert_close(parts.raw["click"], bare.raw["click"])
+    torch.testing.assert_close(
+        parts.raw["completion"], bare.raw["completion"] + terms["completion"]
+    )
+    assert model.hparams()["config"]["factor_tasks"] == ["watch_time", "completion"]
+    with pytest.raises(ValueError, match="factor_tasks: unknown tasks"):
+        build_model("mmoe", spec, tasks, {**config, "factor_tasks": ["clicks"]})
+
+
 def test_batched_graph_input_reaches_the_terms(spec: FeatureSpec, make_inputs) -> None:
     model = build_model("mmoe", spec, config={**MMOE, "factor_rank": 2}).eval()
     two = make_inputs(spec, 2, 4, seed=5)

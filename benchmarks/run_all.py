@@ -12,6 +12,7 @@ BENCHMARKS = (
     ["benchmarks.train_step"],
     ["benchmarks.peer_training"],
     ["benchmarks.inference"],
+    ["benchmarks.factor_cost"],
     ["benchmarks.quantized"],
     ["benchmarks.serving_rank"],
 )

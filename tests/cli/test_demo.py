@@ -43,13 +43,13 @@ def test_demo_trains_the_recommended_configuration() -> None:
     they must stay the same; only sizes, data and epochs differ."""
     recommended = load_config(ROOT / "configs" / "train.yaml", []).to_dict()
     demo = load_config(None, RECOMMENDED).to_dict()
-    model_keys = ("interactions", "feeds")
+    model_keys = ("interactions", "feeds", "factor_rank")
     assert demo["model"]["kind"] == recommended["model"]["kind"]
     for key in model_keys:
         assert demo["model"]["config"][key] == recommended["model"]["config"][key], key
     for section in ("tasks", "balancer", "aux", "calibration"):
         assert demo[section] == recommended[section], section
-    for key in ("lr", "embedding_l2", "task_lr"):
+    for key in ("lr", "embedding_l2", "factor_l2", "task_lr"):
         assert demo["optimizer"][key] == recommended["optimizer"][key], key
     for key in ("early_stopping", "ema_decay"):
         assert demo["train"][key] == recommended["train"][key], key

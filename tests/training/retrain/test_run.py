@@ -640,6 +640,8 @@ def test_the_shipped_config_loads_and_containers_redirect_it() -> None:
     assert config.train.balancer == recommended.balancer and config.train.aux == recommended.aux
     assert config.train.tasks == recommended.tasks
     assert config.train.model.config["interactions"] == "dot"
+    assert config.train.model.config["factor_rank"] == recommended.model.config["factor_rank"]
+    assert config.train.optimizer.factor_l2 == recommended.optimizer.factor_l2
     # docker-compose.yml and the Kubernetes CronJob set these for `ranker retrain`.
     environ = {"RANKER_REGISTRY": "/models", "RANKER_REDIS_URL": "redis://redis:6379/0"}
     config = load_retrain_config(REPO / "configs" / "retrain.yaml", ["registry=/r"], environ)

@@ -2,11 +2,10 @@
 
     python -m benchmarks.factor_cost [--steps 30] [--repeat 200] [--threads 1]
 
-Two model sizes, each in benchmarks.quality's `recommended+factors` form (dot interactions, the
-zero-inflated watch-time and completion heads, the click feed, the embedding L2, the weight
-average) with `model.config.factor_rank` 8 (and `optimizer.factor_l2` 0.01) against 0 (the
-rest kept, completion's `zi_bce` head included): the quality benchmark's
-model (4 experts [64, 32], towers [32]) and the demo's (8 experts [128, 64], towers [64]). A training
+Two model sizes, each in configs/train.yaml's recommended configuration (read from the file) with
+its `model.config.factor_rank` (4) against 0, everything else the same (completion's `zi_bce`
+head included): the quality benchmark's model (4 experts [64, 32], towers [32]) and the demo's
+(8 experts [128, 64], towers [64]). A training
 step of a 2048-row batch (the two variants' steps interleaved, fastest and median of `--steps`), and
 the ONNX Runtime call of one request at 100 / 500 / 1000 candidates (user side once, the served
 layout; the two graphs interleaved, median of `--repeat` calls). Ratios are with / without, in the
@@ -36,16 +35,7 @@ from training.export import to_onnx
 from training.prepare import PreparedData, prepare_data
 from training.trainer import Trainer
 
-RECOMMENDED = [
-    "model.kind=mmoe",
-    "model.config.embedding_dim=16",
-    "model.config.interactions=dot",
-    "model.config.feeds={completion: click}",
-    "tasks.losses={watch_time: zi_gamma, completion: zi_bce}",
-    "balancer.name=ew",
-    "optimizer.embedding_l2=0.1",
-    "train.ema_decay=0.995",
-]
+RECOMMENDED = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
 SIZES = {
     "quality benchmark (4 x [64, 32], towers [32])": [
         "model.config.num_experts=4",
@@ -58,18 +48,17 @@ SIZES = {
         "model.config.tower_units=[64]",
     ],
 }
-FACTORS = ["model.config.factor_rank=8", "optimizer.factor_l2=0.01"]
 COUNTS = (100, 500, 1000)
 
 
 def trainers(data: PreparedData, out: Path, size: list[str], batch: int) -> dict[str, Trainer]:
     """The size's recommended model without and with the factor terms, same data."""
-    common = [*RECOMMENDED, *size, f"train.batch_size={batch}"]
+    common = [*size, f"train.batch_size={batch}"]
     return {
         name: Trainer(
-            load_config(None, [*common, *extra]), data, out, progress=False, equity_every=0
+            load_config(RECOMMENDED, [*common, *extra]), data, out, progress=False, equity_every=0
         )
-        for name, extra in (("without", ["model.config.factor_rank=0"]), ("with", FACTORS))
+        for name, extra in (("without", ["model.config.factor_rank=0"]), ("with", []))
     }
 
 
@@ -136,9 +125,10 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         simulate(SimulatorConfig(users=3000, items=8000, days=3, requests_per_day=1500), Path(tmp))
-        data = prepare_data(load_config(None, [f"data.paths=[{tmp}]", *RECOMMENDED]))
+        data = prepare_data(load_config(RECOMMENDED, [f"data.paths=[{tmp}]"]))
         assert isinstance(data, PreparedData)
         batch = next(data.train.shuffled_batches(args.batch, seed=0))
+        data_rank = load_config(RECOMMENDED, []).model.config.get("factor_rank", 0)
         for title, size in SIZES.items():
             variants = trainers(data, Path(tmp), size, args.batch)
             times = step_times(variants, batch, args.steps)
@@ -162,8 +152,8 @@ def main() -> None:
             "## Factor terms: training step and ONNX Runtime call, with vs without",
             "",
             f"`python -m benchmarks.factor_cost --steps {args.steps} --repeat {args.repeat} "
-            f"--threads {args.threads}`: benchmarks.quality's `recommended+factors` with "
-            "`factor_rank` 8 vs 0 (everything else the same) at two model sizes; training steps of "
+            f"--threads {args.threads}`: configs/train.yaml with its `factor_rank` "
+            f"({data_rank}) vs 0 (everything else the same) at two model sizes; training steps of "
             f"{args.batch} rows interleaved (fastest and median of {args.steps}); one request's "
             f"ORT call, user side once, the two graphs interleaved (median of {args.repeat}); "
             f"{args.threads} thread(s); {machine()}.",

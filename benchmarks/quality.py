@@ -11,8 +11,9 @@ configuration on the first 10 days, stops early on day 11 (validation) and is me
 predicting the evaluated rows' mean label (training.evaluate). Configurations are compared and
 chosen on the validation day; test figures are reported, never used to choose.
 
-Writes runs/quality/results.json and the `quality` section of docs/results.md (a table per split,
-every run with its time, and whether the recommended configuration meets issue 14's targets).
+Writes runs/quality/results.json, the `quality` section of docs/results.md (a table per split,
+every run with its time, and whether the recommended configuration meets issue 14's targets) and
+its picture, docs/img/quality_shares.png.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from training.trainer import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DOC = ROOT / "docs" / "results.md"
 RECOMMENDED = ROOT / "configs" / "train.yaml"
+PLOT = ROOT / "docs" / "img" / "quality_shares.png"
 WORLD = SimulatorConfig(
     users=2000,
     items=1500,
@@ -291,6 +293,9 @@ def render(
         "`recommended-*` and `recommended+*` rows it with the overrides in "
         "benchmarks/quality.py.",
         "",
+        "![Captured share per configuration and metric, mean and std over seeds, validation "
+        "and test days, issue 14's targets dashed](img/quality_shares.png)",
+        "",
         "Validation day (what configurations are chosen on):",
         "",
         *summarise(rows, "valid"),
@@ -322,6 +327,41 @@ def render(
             f"| {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def plot_shares(rows: list[dict[str, Any]], out: Path) -> None:
+    """Bars of each configuration's captured share per headline metric (mean, std over seeds),
+    validation and test days side by side, issue 14's targets as ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.2 * len(HEADLINE), 3.8), sharey=True)
+    for ax, ((task, metric), title) in zip(axes, HEADLINE.items(), strict=True):
+        for offset, split in ((-0.2, "valid"), (0.2, "test")):
+            values = [
+                [100 * r[f"{split}.{task}.captured_{metric}"] for r in rows if r["config"] == n]
+                for n in names
+            ]
+            ax.bar(
+                [i + offset for i in range(len(names))],
+                [statistics.mean(v) for v in values],
+                width=0.4,
+                yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values],
+                capsize=3,
+                label="validation day" if split == "valid" else "test days",
+            )
+        ax.axhline(100 * TARGETS[(task, metric)], color="k", ls="--", lw=1, label="issue 14 target")
+        ax.set_title(f"{title}: captured share (%)")
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def write_results_section(
@@ -376,6 +416,7 @@ def main() -> None:
     body = render(rows, seeds, args.threads, time.perf_counter() - started, stats, args.jobs)
     print(body)
     if not args.no_write:
+        plot_shares(rows, PLOT)
         write_results_section(body)
 
 

@@ -104,6 +104,8 @@ class ModelParts(NamedTuple):
     shared: tuple[Tensor, ...]
     # gate name -> [N, E] mixture weights (empty for SharedBottom), for utilisation logging.
     gates: dict[str, Tensor]
+    # The factor terms' field vectors, user and item side (empty without factor terms), for L2.
+    factor_fields: tuple[Tensor, ...] = ()
 
 
 class Body(NamedTuple):
@@ -172,9 +174,12 @@ class MultiTaskModel(nn.Module):
             # one graph for any architecture (docs/serving.md: batched graph).
             user = user.index_select(0, rows)
         body = self.body(user, item)
-        offsets = self.factors(inputs, rows) if self.factors is not None else None
+        offsets: dict[str, Tensor] | None = None
+        fields: tuple[Tensor, ...] = ()
+        if self.factors is not None:
+            offsets, fields = self.factors.terms_and_fields(inputs, rows)
         raw, tower_inputs = self.towers(body.tower_inputs, offsets)
-        return ModelParts(raw, tower_inputs, body.shared, body.gates)
+        return ModelParts(raw, tower_inputs, body.shared, body.gates, fields)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [N] prediction in natural units}: click probability, watch_time seconds >= 0,

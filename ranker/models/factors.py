@@ -12,8 +12,9 @@ al., 2020), learnt jointly with the multi-task network, with its own, weaker L2
 (`optimizer.factor_l2`).
 
 The user side stays computed once per request: its vector is [1, forms * R] in serving and
-broadcasts against the candidates' [N, forms * R]; per candidate it costs one row of lookups and
-forms * R multiply-adds.
+broadcasts against the candidates' [N, forms * R]; per candidate it costs one lookup per item
+field and forms * R multiply-adds. Training reuses the field vectors of the forward pass for the
+L2 penalty (`terms_and_fields`) rather than looking the rows up again.
 """
 
 from __future__ import annotations
@@ -54,26 +55,23 @@ class TaskFactors(nn.Module):
                     f"factor_rank needs embedded features on the {group.group} side; it has none"
                 )
 
-    def side(self, group: GroupInput, inputs: Mapping[str, Tensor]) -> Tensor:
-        """[B, fields * D] embeddings (dense columns dropped) -> [B, D], the fields summed."""
-        fields = embedded_fields(group)
-        return field_embeddings(group(inputs), fields, group.embedding_dim).sum(1)
-
     def field_vectors(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Field embeddings of both sides, [B, fields, D] each (for the L2 penalty)."""
+        """Field embeddings of both sides, [B_u, fields, D] and [N, fields, D]."""
         user, item = (
             field_embeddings(g(inputs), embedded_fields(g), g.embedding_dim)
             for g in (self.user, self.item)
         )
         return user, item
 
-    def forward(
+    def terms_and_fields(
         self, inputs: Mapping[str, Tensor], rows: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        user = self.side(self.user, inputs)
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
+        """The terms per task, and the field vectors they were computed from (for the L2)."""
+        fields = self.field_vectors(inputs)
+        user = fields[0].sum(1)
         if rows is not None:
             user = user.index_select(0, rows)
-        products = user * self.side(self.item, inputs)  # [N, forms * R]
+        products = user * fields[1].sum(1)  # [N, forms * R]
         terms = products.unflatten(-1, (self.forms, self.rank)).sum(-1)  # [N, forms]
         out: dict[str, Tensor] = {}
         start = 0
@@ -82,4 +80,9 @@ class TaskFactors(nn.Module):
             term = terms[:, start : start + width]
             out[task] = term.squeeze(-1) if width == 1 else term
             start += width
-        return out
+        return out, fields
+
+    def forward(
+        self, inputs: Mapping[str, Tensor], rows: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        return self.terms_and_fields(inputs, rows)[0]

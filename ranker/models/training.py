@@ -7,7 +7,7 @@ reads the same fed inputs as training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -50,8 +50,8 @@ class MultiTaskTrainingModel(nn.Module):
     `embedding_l2` > 0 adds an L2 penalty on the embeddings each batch reads (the rows touched,
     as matrix factorisation regularises them): sparse optimisers have no weight decay, and id
     embeddings seen a few hundred times memorise their rows without it. `factor_l2` does the same
-    for the tables of the model's factor terms, which want a weaker penalty: a dot product in the
-    logit cannot memorise the way an MLP over the embeddings can.
+    for the tables of the model's factor terms, on the field vectors the forward pass read (a
+    weaker penalty measured best for them: docs/results.md).
     `position` (training only, ranker.models.position) fits every loss at the row's served
     position, P(seen | position) times the model's output once seen; the model never reads it.
     """
@@ -135,21 +135,23 @@ class MultiTaskTrainingModel(nn.Module):
         regularised = self.embedding_l2 > 0 or (
             self.factor_l2 > 0 and self.model.factors is not None
         )
-        penalty = self._embedding_penalty(inputs) if regularised else None
+        penalty = self._embedding_penalty(inputs, parts.factor_fields) if regularised else None
         return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates, penalty)
 
-    def _embedding_penalty(self, inputs: Mapping[str, Tensor]) -> Tensor:
+    def _embedding_penalty(
+        self, inputs: Mapping[str, Tensor], factor_fields: Sequence[Tensor] = ()
+    ) -> Tensor:
         """embedding_l2 * per-row mean of the squared norms of the row's field embeddings, plus
-        factor_l2 * the same for the factor terms' own tables (`ranker.models.factors`)."""
+        factor_l2 * the same for the factor terms' own tables (their field vectors as the
+        forward pass read them, `ModelParts.factor_fields`)."""
         layer = self.model.inputs
         norms = [
             x[:, : embedded_fields(group) * group.embedding_dim].pow(2).sum(dim=1).mean()
             for group, x in zip((layer.user, layer.item), layer(inputs), strict=True)
         ]
         total = self.embedding_l2 * torch.stack(norms).sum()
-        factors = self.model.factors
-        if factors is not None and self.factor_l2 > 0:
-            squares = [v.pow(2).sum(dim=(1, 2)).mean() for v in factors.field_vectors(inputs)]
+        if factor_fields and self.factor_l2 > 0:
+            squares = [v.pow(2).sum(dim=(1, 2)).mean() for v in factor_fields]
             total = total + self.factor_l2 * torch.stack(squares).sum()
         return total
 

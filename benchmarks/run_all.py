@@ -14,6 +14,7 @@ BENCHMARKS = (
     ["benchmarks.inference"],
     ["benchmarks.factor_cost"],
     ["benchmarks.quantized"],
+    ["benchmarks.row_split"],
     ["benchmarks.serving_rank"],
 )
 

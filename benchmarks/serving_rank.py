@@ -6,15 +6,14 @@
 
 Two models (MMoE, 8 experts, towers [64], the simulator's features): the benchmark's, experts
 [256, 128], and the demo's, experts [128, 64]. Each is served by its own `python -m serving.server`
-(a single uvicorn worker, file experiment store, no Redis), once with the defaults, once with
-ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1), once with them spinning
-inside each run only (RANKER_ORT_SPINNING=run) and once as its dynamic int8 graph (`ranker export
---quantize int8`); beside them a `floor
+(a single uvicorn worker, file experiment store, no Redis), once with the defaults (requests of
+80+ candidates as row chunks), once on ORT's own 2-thread pool (RANKER_SPLIT_MIN_CANDIDATES=0)
+and once as its dynamic int8 graph (`ranker export --quantize int8`); beside them a `floor
 server` (the same request parsed and answered by FastAPI + orjson without a model) and a `naive
 peer` (FastAPI + pydantic + PyTorch eager, user features repeated per candidate, benchmark model).
 The load comes from `benchmarks.serving.loadgen` in another process. A model's floor is the floor
-server's p50 + its bare ONNX Runtime call on pre-encoded inputs (user side once), measured in this
-process. The single-connection runs take turns in `--rounds` rounds with the bare ORT calls, and
+server's p50 + its bare ONNX Runtime call on pre-encoded inputs (user side once), the fastest of
+four ways to make that call (`BareOrt`), measured in this process. The single-connection runs take turns in `--rounds` rounds with the bare ORT calls, and
 each ratio is the median of the per-round ratios: this machine is shared, and its speed drifts
 within a minute. Targets (issue 20): p50 / floor <= 1.15x at 500 and <= 1.3x at 100 candidates
 with the benchmark model, <= 1.3x and <= 1.5x with the demo's. `--quick` is a smoke run that
@@ -34,6 +33,7 @@ from the batching server's /metrics (its own section).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from ranker.models import build_model
 from ranker.registry import Publication, publish
 from ranker.schema import load_default_spec
 from ranker.scoring import DEFAULT_FORMULA
+from serving.row_split import RowSplitter, chunk_bounds, exclusive_cpus
 from sim.simulate import SimulatorConfig, simulate
 from training.data import read_log
 from training.export import to_onnx
@@ -84,20 +86,15 @@ REGISTRY_NAMES = {
     BENCH + INT8: "bench-int8",
     DEMO + INT8: "demo-int8",
 }
-# ranker server -> (its model, settings beside the defaults). The spinning-on servers measure, in
-# the same rounds, ONNX Runtime's workers spinning after each run (RANKER_ORT_SPINNING=1, off by
-# default) against what follows the run: the response write, the load generator's wake-up.
-# The `spinning in runs` servers: workers spin inside a run and stop at its end
-# (RANKER_ORT_SPINNING=run).
-SPIN = ", spinning on"
-IN_RUNS = ", spinning in runs"
+# ranker server -> (its model, settings beside the defaults). The `ORT pool` servers run every
+# request whole on ORT's 2-thread pool, its workers sleeping between parallel sections
+# (RANKER_SPLIT_MIN_CANDIDATES=0: the default before row chunks).
+POOL = ", ORT pool"
 RANKERS: dict[str, tuple[str, dict[str, str]]] = {
     BENCH: (BENCH, {}),
     DEMO: (DEMO, {}),
-    BENCH + SPIN: (BENCH, {"RANKER_ORT_SPINNING": "1"}),
-    DEMO + SPIN: (DEMO, {"RANKER_ORT_SPINNING": "1"}),
-    BENCH + IN_RUNS: (BENCH, {"RANKER_ORT_SPINNING": "run"}),
-    DEMO + IN_RUNS: (DEMO, {"RANKER_ORT_SPINNING": "run"}),
+    BENCH + POOL: (BENCH, {"RANKER_SPLIT_MIN_CANDIDATES": "0"}),
+    DEMO + POOL: (DEMO, {"RANKER_SPLIT_MIN_CANDIDATES": "0"}),
     BENCH + INT8: (BENCH + INT8, {}),
     DEMO + INT8: (DEMO + INT8, {}),
 }
@@ -193,42 +190,60 @@ def request_body(table: pa.Table, spec: Any, n: int) -> dict[str, Any]:
 
 class BareOrt:
     """The bare ONNX Runtime call on pre-encoded inputs, user side once: the model's share of
-    the floor. Two threads, as the service; with the workers spinning between calls and without,
-    and the floor takes the faster of the two in each round: spinning wins in a tight loop on an
-    idle machine, loses on a loaded one, and the floor must not be the slower."""
+    the floor, as the fastest of four ways to make it on this machine: 2 intra-op threads
+    spinning (ORT's default), 2 threads sleeping between parallel sections, 1 thread, and 2 row
+    chunks at once on 1-thread sessions with pinned threads (serving/row_split.py, what the
+    service does). The ways take turns in blocks of consecutive calls with a pause between:
+    call by call, a spinning session's workers would take the core the next way needs."""
 
     def __init__(self, version_dir: Path, spec: Any, body: dict[str, Any]) -> None:
-        self.sessions = []
-        for spinning in ("1", "0"):
+        path = str(version_dir / "model.onnx")
+
+        def session(threads: int, spinning: str) -> ort.InferenceSession:
             options = ort.SessionOptions()
-            options.intra_op_num_threads = 2
+            options.intra_op_num_threads = threads
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-            self.sessions.append(
-                ort.InferenceSession(
-                    str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-                )
-            )
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
         encoder = FeatureEncoder(spec)
         user = {k: [v] for k, v in {**body["user"], **body["context"]}.items()}
         items = {name: [c.get(name) for c in body["candidates"]] for name in spec.names}
+        n = len(body["candidates"])
         self.inputs = {
             **encoder.encode_group("user", user, 1),
-            **encoder.encode_group("item", items, len(body["candidates"])),
+            **encoder.encode_group("item", items, n),
         }
-        self.outputs = [o.name for o in self.sessions[0].get_outputs()]
-        for session in self.sessions:
-            for _ in range(10):
-                session.run(self.outputs, self.inputs)
+        spinning, sleeping, one = session(2, "1"), session(2, "0"), session(1, "0")
+        self.outputs = [o.name for o in one.get_outputs()]
+        self.splitter = RowSplitter(2, cpus=exclusive_cpus(2))
+        chunks = [
+            {k: v if k.startswith("user_") else v[start:stop] for k, v in self.inputs.items()}
+            for start, stop in chunk_bounds(n, 2)
+        ]
 
-    def median_ms(self, repeat: int) -> float:
-        """The faster session's median (the sessions take turns, call by call)."""
-        times: list[list[float]] = [[] for _ in self.sessions]
-        for _ in range(repeat):
-            for session, spent in zip(self.sessions, times, strict=True):
-                started = time.perf_counter()
-                session.run(self.outputs, self.inputs)
-                spent.append(time.perf_counter() - started)
+        def run_chunk(chunk: dict[str, np.ndarray]) -> object:
+            return one.run(self.outputs, chunk)
+
+        self.ways: list[Callable[[], object]] = [
+            functools.partial(s.run, self.outputs, self.inputs) for s in (spinning, sleeping, one)
+        ]
+        self.ways.append(functools.partial(self.splitter.map, run_chunk, chunks))
+        for call in self.ways:
+            for _ in range(10):
+                call()
+
+    def median_ms(self, repeat: int, blocks: int = 4) -> float:
+        """The fastest way's median over `repeat` calls each."""
+        times: list[list[float]] = [[] for _ in self.ways]
+        for _ in range(blocks):
+            for call, spent in zip(self.ways, times, strict=True):
+                time.sleep(0.02)
+                call()
+                for _ in range(max(1, repeat // blocks)):
+                    started = time.perf_counter()
+                    call()
+                    spent.append(time.perf_counter() - started)
         return min(statistics.median(spent) for spent in times) * 1e3
 
 
@@ -743,11 +758,11 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
         f"`python -m benchmarks.serving_rank{quick} --requests {args.requests} --rounds {args.rounds} --rate {args.rate}`: "
         "MMoE, 8 experts, towers [64], the simulator's 15 features: the benchmark model (experts [256, 128]) and the "
         "demo's (experts [128, 64]), each served by its own `python -m serving.server` (one uvicorn worker, JSONL "
-        f"impression log with features; rows `spinning on`: the same model with RANKER_ORT_SPINNING=1, `spinning in runs`: =run); the load from a separate process on 127.0.0.1; {machine()}. One connection: "
+        f"impression log with features; requests of 80+ candidates as 2 row chunks; rows `ORT pool`: the same model with RANKER_SPLIT_MIN_CANDIDATES=0, whole requests on ORT's 2-thread pool); the load from a separate process on 127.0.0.1; {machine()}. One connection: "
         f"{args.requests} requests per server in {args.rounds} interleaved rounds (bare ORT calls, floor server, both "
         "rankers in turn), percentiles over all of them. Floor = floor-server p50 (FastAPI + orjson parse and answer, "
-        "no model) + the model's bare ONNX Runtime call on pre-encoded inputs (user side once, 2 threads, the faster of "
-        "spinning on and off in each round); "
+        "no model) + the model's bare ONNX Runtime call on pre-encoded inputs (user side once; in each round the fastest "
+        "of 2 threads spinning, 2 threads sleeping, 1 thread and 2 pinned row chunks); "
         "ranker / floor is the median of the per-round ratios, with their range; targets from issue 20.",
         "",
         "| model | candidates | floor server p50 | ORT call | floor | ranker p50 / p95 / p99 | p99 / p50 | ranker / floor (range) | target |",

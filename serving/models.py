@@ -33,6 +33,7 @@ from ranker.onnx_model import (
 from ranker.registry import REQUEST_INDEX, Manifest, RegistryError, model_path, verify
 from ranker.schema import FeatureSpec, SpecError
 from serving.batching import RequestBatcher, merge
+from serving.row_split import RowSplitter, chunk_bounds, exclusive_cpus
 from serving.settings import CUDA, Settings
 
 log = logging.getLogger("ranker.serving.models")
@@ -76,6 +77,10 @@ class LoadedModel:
     # The version's dynamic batcher when batching is on and its graph is batched; None: each
     # request runs inline (`predict`).
     batcher: RequestBatcher | None = field(default=None, repr=False, compare=False)
+    # The process's row splitter when RANKER_SPLIT_MIN_CANDIDATES is on (serving/row_split.py):
+    # a request of at least `split_rows` candidates runs as one chunk per thread.
+    splitter: RowSplitter | None = field(default=None, repr=False, compare=False)
+    split_rows: int = 0
 
     @property
     def fallback(self) -> bool:
@@ -84,10 +89,27 @@ class LoadedModel:
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run; task -> predictions [N] in natural units, in the manifest's task order."""
+        n = len(feeds[self.manifest.inputs["item"][0]])
         if self.manifest.batched:  # the batched graph for one request: every item reads user row 0
-            n = len(feeds[self.manifest.inputs["item"][0]])
             feeds = {**feeds, REQUEST_INDEX: np.zeros(n, dtype=np.int64)}
+        if self.splitter is not None and n >= max(self.split_rows, self.splitter.parts):
+            return self._tasks(self._run_split(self.splitter, feeds, n))
         return self._tasks(self.onnx.run(feeds))
+
+    def _run_split(
+        self, splitter: RowSplitter, feeds: Mapping[str, np.ndarray], n: int
+    ) -> list[np.ndarray]:
+        """One run per contiguous chunk of the items, at once; each chunk takes the whole user
+        side (one row, recomputed per chunk: a [1, d] product, negligible)."""
+        user = self.manifest.inputs["user"]
+        chunks = [
+            {name: value if name in user else value[start:stop] for name, value in feeds.items()}
+            for start, stop in chunk_bounds(n, splitter.parts)
+        ]
+        outputs = splitter.map(self.onnx.run, chunks)
+        if outputs is None:  # another thread holds the splitter (a warm-up): run it whole
+            return self.onnx.run(feeds)
+        return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 
     async def predict_batched(
         self, user: Mapping[str, np.ndarray], item: Mapping[str, np.ndarray]
@@ -120,11 +142,24 @@ class LoadedModel:
 
 
 def runtime_options(settings: Settings, providers: tuple[str, ...]) -> RuntimeOptions:
+    """Sessions take the settings' threads, or one each when requests are split into row chunks
+    (the chunks are the parallelism; an intra-op pool per chunk would only contend)."""
     return RuntimeOptions(
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=1 if splits_rows(settings, providers) else settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         spinning=settings.ort_spinning,
         providers=providers,
+    )
+
+
+def splits_rows(settings: Settings, providers: tuple[str, ...]) -> bool:
+    """Row chunks (serving/row_split.py) on the CPU with 2+ threads and a threshold set; a GPU
+    provider runs each request whole."""
+    return (
+        settings.split_min_candidates > 0
+        and settings.intra_op_threads > 1
+        and bool(providers)
+        and providers[0] != CUDA
     )
 
 
@@ -147,6 +182,17 @@ class ModelPool:
             raise ModelError(
                 f"RANKER_REQUIRE_CUDA is set but onnxruntime offers {available_providers()}"
             )
+        # One splitter for every version: only the event loop ranks inline, one request at a time.
+        self.splitter: RowSplitter | None = None
+        if splits_rows(settings, self.providers):
+            parts = settings.intra_op_threads
+            cpus = exclusive_cpus(parts) if settings.split_pin_cpus else None
+            self.splitter = RowSplitter(parts, cpus=cpus)
+
+    def close(self) -> None:
+        """Stop the row splitter's helper threads, if any."""
+        if self.splitter is not None:
+            self.splitter.close()
 
     def exists(self, ref: ModelRef) -> bool:
         try:
@@ -203,6 +249,8 @@ class ModelPool:
             provider=onnx.provider,
             load_seconds=0.0,
             batcher=self._batcher(ref, manifest, onnx),
+            splitter=self.splitter if onnx.provider != CUDA else None,
+            split_rows=self.settings.split_min_candidates,
         )
         try:
             model.warm(self.settings.warmup_counts)

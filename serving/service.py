@@ -36,6 +36,7 @@ class Service:
 
     def close(self) -> None:
         self.manager.stop()
+        self.manager.pool.close()
         self.impressions.close()
 
     async def close_batchers(self) -> None:

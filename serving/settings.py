@@ -66,6 +66,15 @@ class Settings:
     # the woken worker lands on the core where the caller spins, so p99 rises up to ~2x at 100
     # (docs/serving.md). `1`/`true` mean `always`, `0`/`false` `off`, as before.
     ort_spinning: Literal["off", "run", "always"] = "off"  # ranker.onnx_model.SPIN_MODES
+    # A request of at least this many candidates runs as `intra_op_threads` row chunks at once,
+    # one per thread, on one-thread sessions (serving/row_split.py): two thread hand-offs per
+    # request instead of ORT waking its pool at every operator. Smaller requests run whole on
+    # one thread (the chunks broke even at 32-64 candidates with the benchmark's model, 64-100
+    # with the demo's). 0: off, ORT's own intra-op pool (and ort_spinning) as before. CPU only.
+    split_min_candidates: int = 80
+    # Pin the row-chunk threads, one per CPU, when the process owns exactly intra_op_threads CPUs
+    # (serving/row_split.py::exclusive_cpus); unpinned, a woken helper often pre-empted the caller.
+    split_pin_cpus: bool = True
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.
     providers: tuple[str, ...] = (CUDA, CPU)
     # Refuse to start (or swap in a model) unless CUDA is the active provider.
@@ -241,6 +250,8 @@ class Settings:
                 )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise SettingsError("RANKER_INTRA_OP_THREADS / RANKER_INTER_OP_THREADS: must be >= 0")
+        if self.split_min_candidates < 0:
+            raise SettingsError("RANKER_SPLIT_MIN_CANDIDATES: must be >= 0 (0: off)")
         if self.poll_interval_s <= 0 or self.redis_timeout_s <= 0:
             raise SettingsError("RANKER_POLL_INTERVAL_S / RANKER_REDIS_TIMEOUT_S: must be > 0")
         if not self.providers:

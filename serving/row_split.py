@@ -1,0 +1,169 @@
+"""One request's candidates scored as row chunks at once: the caller's thread runs the first chunk
+on a one-thread ONNX Runtime session, a helper thread each other chunk.
+
+Why not ORT's own intra-op pool: with its workers sleeping between parallel sections (the
+service's default, RANKER_ORT_SPINNING=off) every operator wakes them again, dozens of wake-ups
+per run; spinning workers avoid that but hold a core between requests. A chunk per thread needs
+two hand-offs per request (start and done) and no synchronisation inside the run. On the 2-core
+development machine a 500-candidate call of the demo model took 0.56x the time of the 2-thread
+sleeping pool and 0.95x that of ORT's always-spinning one (which holds a core between requests);
+below about 64-100 candidates the hand-offs cost more than they save, and the request runs whole
+on one thread (docs/benchmarks.md, "Serving: row chunks vs ORT's thread pool").
+
+Hand-offs are plain `threading.Lock`s, the cheapest wake-up Python has: the executor's
+futures and conditions added about 0.1 ms per request. The session's `run` releases the GIL, so
+the chunks run in parallel. One splitter serves every model of the process; a caller that finds
+it busy (a warm-up on the state watcher's thread while a request runs) gets None and runs the
+whole request itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class _Helper(Generic[A, R]):
+    """A daemon thread that runs one job whenever `start` gives it one."""
+
+    def __init__(self, name: str, cpu: int | None) -> None:
+        self._cpu = cpu
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._job: tuple[Callable[[A], R], A] | None = None
+        self._result: R | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def start(self, fn: Callable[[A], R], arg: A) -> None:
+        self._job = (fn, arg)
+        self._go.release()
+
+    def wait(self) -> tuple[R | None, BaseException | None]:
+        """The job's result or its exception, once it has finished."""
+        self._done.acquire()
+        result, error = self._result, self._error
+        self._result = self._error = None
+        return result, error
+
+    def close(self) -> None:
+        self._job = None
+        self._go.release()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        if self._cpu is not None:
+            os.sched_setaffinity(0, {self._cpu})  # 0: this thread
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                return
+            try:
+                self._result = job[0](job[1])
+            except BaseException as exc:  # handed to the caller, raised there
+                self._error = exc
+            self._job = None
+            self._done.release()
+
+
+class RowSplitter:
+    """Runs a function over up to `parts` arguments at once, the first on the calling thread.
+
+    `cpus` (one per part) pins helper i to cpus[i] and the caller to cpus[0] for the length of
+    each `map`: unpinned, a woken helper often landed on the caller's core and pre-empted it,
+    so the chunks ran one after the other (demo model, 100 candidates: 0.30 ms split against
+    0.24 whole; pinned 0.22; see `exclusive_cpus` for when pinning is safe)."""
+
+    def __init__(
+        self, parts: int, name: str = "ranker-rows", cpus: Sequence[int] | None = None
+    ) -> None:
+        if parts < 2:
+            raise ValueError(f"a row splitter needs at least 2 parts, got {parts}")
+        if cpus is not None and len(cpus) != parts:
+            raise ValueError(f"{len(cpus)} CPUs to pin for a splitter of {parts} parts")
+        self.parts = parts
+        self.cpus = tuple(cpus) if cpus is not None else None
+        self._helpers: list[_Helper[object, object]] = [
+            _Helper(f"{name}-{i}", None if cpus is None else cpus[i]) for i in range(1, parts)
+        ]
+        self._busy = threading.Lock()
+        self._closed = False
+        self.runs = 0  # calls that ran split (not the ones that found it busy)
+
+    def map(self, fn: Callable[[A], R], args: Sequence[A]) -> list[R] | None:
+        """`[fn(a) for a in args]` computed at once; None (nothing run) when another thread is
+        using the splitter or it is closed. The first exception raised, after every chunk ended."""
+        if not 1 <= len(args) <= self.parts:
+            raise ValueError(f"{len(args)} chunks for a splitter of {self.parts} parts")
+        if not self._busy.acquire(blocking=False):
+            return None
+        caller_cpus = None
+        try:
+            if self._closed:
+                return None
+            if self.cpus is not None:
+                caller_cpus = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, {self.cpus[0]})
+            helpers: list[_Helper[A, R]] = self._helpers[: len(args) - 1]  # type: ignore[assignment]
+            for helper, arg in zip(helpers, args[1:], strict=True):
+                helper.start(fn, arg)
+            first: R | None = None
+            error: BaseException | None = None
+            try:
+                first = fn(args[0])
+            except BaseException as exc:  # the helpers must finish before it propagates
+                error = exc
+            results = [first]
+            for helper in helpers:
+                result, helper_error = helper.wait()
+                error = error or helper_error
+                results.append(result)
+            self.runs += 1
+            if error is not None:
+                raise error
+            return results  # type: ignore[return-value]
+        finally:
+            if caller_cpus is not None:
+                os.sched_setaffinity(0, caller_cpus)
+            self._busy.release()
+
+    def close(self) -> None:
+        """Stop the helper threads; `map` returns None from now on."""
+        with self._busy:
+            if self._closed:
+                return
+            self._closed = True
+            for helper in self._helpers:
+                helper.close()
+
+
+def exclusive_cpus(parts: int) -> list[int] | None:
+    """The process's CPUs when it may pin `parts` threads to them: exactly `parts` CPUs allowed
+    (a container with an exclusive cpuset, a machine of that size). None otherwise: where the
+    process may run on more CPUs than it owns (a CPU quota on a big host), pinning would herd
+    every replica onto the same few CPUs."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus if len(cpus) == parts else None
+
+
+def chunk_bounds(rows: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous [start, stop) ranges covering `rows`, sizes differing by at most one."""
+    step, extra = divmod(rows, parts)
+    bounds = []
+    start = 0
+    for i in range(parts):
+        stop = start + step + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds

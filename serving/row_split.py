@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -29,7 +30,11 @@ R = TypeVar("R")
 
 
 class _Helper(Generic[A, R]):
-    """A daemon thread that runs one job whenever `start` gives it one."""
+    """A daemon thread that runs one job whenever `start` gives it one.
+
+    Every `start` is answered by exactly one release of `_done`, whether the job ran or was
+    taken back (`take_back`) before the thread got to it; `pending` says that answer has not
+    been collected yet (a straggler still running, or its result not read)."""
 
     def __init__(self, name: str, cpu: int | None) -> None:
         self._cpu = cpu
@@ -37,24 +42,42 @@ class _Helper(Generic[A, R]):
         self._go.acquire()
         self._done = threading.Lock()
         self._done.acquire()
+        self._claim = threading.Lock()  # who takes the job: this thread or the caller
         self._job: tuple[Callable[[A], R], A] | None = None
         self._result: R | None = None
         self._error: BaseException | None = None
+        self._closing = False
+        self.pending = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def start(self, fn: Callable[[A], R], arg: A) -> None:
         self._job = (fn, arg)
+        self.pending = True
         self._go.release()
 
-    def wait(self) -> tuple[R | None, BaseException | None]:
-        """The job's result or its exception, once it has finished."""
-        self._done.acquire()
+    def wait(self, timeout: float = -1) -> tuple[bool, R | None, BaseException | None]:
+        """(answered, result, exception) once the job has finished or was taken back; answered is
+        False when `timeout` seconds passed first (the job may still run)."""
+        if not self._done.acquire(timeout=timeout):
+            return False, None, None
+        self.pending = False
         result, error = self._result, self._error
         self._result = self._error = None
-        return result, error
+        return True, result, error
+
+    def take_back(self) -> None:
+        """Take the job away if this thread has not begun it (it then skips it); once begun, it
+        runs to the end and its answer is collected (and dropped) later."""
+        with self._claim:
+            self._job = None
+
+    def collect(self) -> bool:
+        """Collect a late answer without waiting; False while the straggler still runs."""
+        return not self.pending or self.wait(timeout=0)[0]
 
     def close(self) -> None:
+        self._closing = True
         self._job = None
         self._go.release()
         self._thread.join()
@@ -64,19 +87,27 @@ class _Helper(Generic[A, R]):
             os.sched_setaffinity(0, {self._cpu})  # 0: this thread
         while True:
             self._go.acquire()
-            job = self._job
-            if job is None:
+            if self._closing:
                 return
-            try:
-                self._result = job[0](job[1])
-            except BaseException as exc:  # handed to the caller, raised there
-                self._error = exc
-            self._job = None
+            with self._claim:
+                job, self._job = self._job, None
+            if job is not None:
+                try:
+                    self._result = job[0](job[1])
+                except BaseException as exc:  # handed to the caller, raised there
+                    self._error = exc
             self._done.release()
 
 
 class RowSplitter:
     """Runs a function over up to `parts` arguments at once, the first on the calling thread.
+
+    A helper that lags (its core taken by a kernel worker or another process for a time slice,
+    3-5 ms on this machine) does not hold the request: once the caller's own chunk is done, it
+    waits `grace` x that chunk's time for each helper, then runs the helper's chunk itself (a
+    backup task, as MapReduce runs for stragglers): the results are the same, whichever thread
+    computes them. A straggler's late answer is collected by the next `map`; while one still
+    runs, `map` answers None and the caller runs the request whole.
 
     `cpus` (one per part) pins helper i to cpus[i] and the caller to cpus[0] for the length of
     each `map`: unpinned, a woken helper often landed on the caller's core and pre-empted it,
@@ -84,7 +115,12 @@ class RowSplitter:
     0.24 whole; pinned 0.22; see `exclusive_cpus` for when pinning is safe)."""
 
     def __init__(
-        self, parts: int, name: str = "ranker-rows", cpus: Sequence[int] | None = None
+        self,
+        parts: int,
+        name: str = "ranker-rows",
+        cpus: Sequence[int] | None = None,
+        grace: float = 0.5,
+        min_grace_s: float = 100e-6,
     ) -> None:
         if parts < 2:
             raise ValueError(f"a row splitter needs at least 2 parts, got {parts}")
@@ -92,57 +128,75 @@ class RowSplitter:
             raise ValueError(f"{len(cpus)} CPUs to pin for a splitter of {parts} parts")
         self.parts = parts
         self.cpus = tuple(cpus) if cpus is not None else None
+        self.grace = grace
+        self.min_grace_s = min_grace_s
         self._helpers: list[_Helper[object, object]] = [
             _Helper(f"{name}-{i}", None if cpus is None else cpus[i]) for i in range(1, parts)
         ]
         self._busy = threading.Lock()
         self._closed = False
         self.runs = 0  # calls that ran split (not the ones that found it busy)
+        self.taken_back = 0  # chunks the caller ran itself because a helper lagged
 
     def map(self, fn: Callable[[A], R], args: Sequence[A]) -> list[R] | None:
         """`[fn(a) for a in args]` computed at once; None (nothing run) when another thread is
-        using the splitter or it is closed. The first exception raised, after every chunk ended."""
+        using the splitter, a straggler from an earlier call still runs, or it is closed. The
+        first exception raised, once every helper has answered."""
         if not 1 <= len(args) <= self.parts:
             raise ValueError(f"{len(args)} chunks for a splitter of {self.parts} parts")
         if not self._busy.acquire(blocking=False):
             return None
         caller_cpus = None
         try:
-            if self._closed:
+            helpers: list[_Helper[A, R]] = self._helpers[: len(args) - 1]  # type: ignore[assignment]
+            if self._closed or not all(helper.collect() for helper in helpers):
                 return None
             if self.cpus is not None:
                 caller_cpus = os.sched_getaffinity(0)
                 os.sched_setaffinity(0, {self.cpus[0]})
-            helpers: list[_Helper[A, R]] = self._helpers[: len(args) - 1]  # type: ignore[assignment]
             for helper, arg in zip(helpers, args[1:], strict=True):
                 helper.start(fn, arg)
-            first: R | None = None
+            started = time.perf_counter()
+            results: list[R] = []
             error: BaseException | None = None
             try:
-                first = fn(args[0])
-            except BaseException as exc:  # the helpers must finish before it propagates
+                results.append(fn(args[0]))
+            except BaseException as exc:  # the helpers must answer before it propagates
                 error = exc
-            results = [first]
-            for helper in helpers:
-                result, helper_error = helper.wait()
+            deadline = time.perf_counter()
+            deadline += max(self.min_grace_s, self.grace * (deadline - started))
+            for helper, arg in zip(helpers, args[1:], strict=True):
+                # After an exception, wait for the helpers: nothing runs on behind the caller's back.
+                timeout = -1.0 if error is not None else max(0.0, deadline - time.perf_counter())
+                answered, result, helper_error = helper.wait(timeout)
+                if not answered:  # a straggler: run its chunk here
+                    helper.take_back()
+                    self.taken_back += 1
+                    try:
+                        result = fn(arg)
+                    except BaseException as exc:
+                        error = exc
+                    helper.collect()
                 error = error or helper_error
-                results.append(result)
+                results.append(result)  # type: ignore[arg-type]
             self.runs += 1
             if error is not None:
                 raise error
-            return results  # type: ignore[return-value]
+            return results
         finally:
             if caller_cpus is not None:
                 os.sched_setaffinity(0, caller_cpus)
             self._busy.release()
 
     def close(self) -> None:
-        """Stop the helper threads; `map` returns None from now on."""
+        """Stop the helper threads (after any straggler's run); `map` returns None from now on."""
         with self._busy:
             if self._closed:
                 return
             self._closed = True
             for helper in self._helpers:
+                if helper.pending:
+                    helper.wait()
                 helper.close()
 
 

@@ -37,7 +37,7 @@ def test_chunk_bounds_cover_the_rows_in_order_and_even_sizes(rows: int, parts: i
 
 
 def test_map_runs_every_chunk_on_its_own_thread_in_order() -> None:
-    splitter = RowSplitter(3)
+    splitter = RowSplitter(3, min_grace_s=10.0)  # no take-backs, however slow a helper starts
     try:
         seen: list[str] = []
 
@@ -51,6 +51,34 @@ def test_map_runs_every_chunk_on_its_own_thread_in_order() -> None:
         assert threading.current_thread().name in seen
         assert splitter.runs == 2
     finally:
+        splitter.close()
+
+
+def test_a_lagging_helper_chunk_is_run_by_the_caller_and_collected_later() -> None:
+    splitter = RowSplitter(2, min_grace_s=0.01)
+    release = threading.Event()
+    threads: list[str] = []
+
+    def work(x: int) -> int:
+        threads.append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread() and x == 2:
+            release.wait(5)  # the straggler: its core taken
+        return x * 10
+
+    try:
+        assert splitter.map(work, [1, 2]) == [10, 20]  # the caller ran chunk 2 too
+        assert splitter.taken_back == 1
+        assert threads.count(threading.main_thread().name) == 2
+        assert splitter.map(work, [3, 4]) is None  # the straggler still runs: run whole
+        release.set()
+        for _ in range(500):  # its late answer is collected, then splitting resumes
+            got = splitter.map(work, [3, 4])
+            if got is not None:
+                break
+            threading.Event().wait(0.01)
+        assert got == [30, 40]
+    finally:
+        release.set()
         splitter.close()
 
 

@@ -72,8 +72,9 @@ class Settings:
     # one thread (the chunks broke even at 32-64 candidates with the benchmark's model, 64-100
     # with the demo's). 0: off, ORT's own intra-op pool (and ort_spinning) as before. CPU only.
     split_min_candidates: int = 80
-    # Pin the row-chunk threads, one per CPU, when the process owns exactly intra_op_threads CPUs
-    # (serving/row_split.py::exclusive_cpus); unpinned, a woken helper often pre-empted the caller.
+    # Pin the row-chunk helpers to the CPUs the caller is not on, when the process owns exactly
+    # intra_op_threads CPUs (serving/row_split.py::exclusive_cpus); unpinned, a woken helper
+    # often pre-empted the caller.
     split_pin_cpus: bool = True
     # Providers in order of preference; ones this onnxruntime build lacks are skipped, loudly.
     providers: tuple[str, ...] = (CUDA, CPU)

@@ -82,18 +82,20 @@ def test_a_lagging_helper_chunk_is_run_by_the_caller_and_collected_later() -> No
         splitter.close()
 
 
-def test_pinned_chunks_run_on_their_cpus_and_the_caller_gets_its_cpus_back() -> None:
-    cpu = min(os.sched_getaffinity(0))
-    before = os.sched_getaffinity(0)
-    splitter = RowSplitter(2, cpus=[cpu, cpu])
-    try:
-        seen = splitter.map(lambda _: os.sched_getaffinity(0), [0, 1])
-        assert seen == [{cpu}, {cpu}]  # the caller for its chunk, the helper for good
-        assert os.sched_getaffinity(0) == before
-    finally:
-        splitter.close()
+def test_pinned_helpers_run_on_one_of_the_cpus_and_the_caller_stays_free() -> None:
+    owned = sorted(os.sched_getaffinity(0))
+    before = set(owned)
+    for cpus in ([owned[0], owned[0]], [owned[0], owned[-1]]):
+        splitter = RowSplitter(2, cpus=cpus, min_grace_s=10.0)
+        try:
+            for _ in range(3):
+                caller, helper = splitter.map(lambda _: os.sched_getaffinity(0), [0, 1])  # type: ignore[misc]
+                assert caller == before  # the caller is never pinned
+                assert len(helper) == 1 and helper <= set(cpus)
+        finally:
+            splitter.close()
     with pytest.raises(ValueError, match="1 CPUs to pin"):
-        RowSplitter(2, cpus=[cpu])
+        RowSplitter(2, cpus=owned[:1])
 
 
 def test_exclusive_cpus_only_when_the_process_owns_as_many_cpus_as_parts() -> None:

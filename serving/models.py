@@ -107,7 +107,7 @@ class LoadedModel:
             for start, stop in chunk_bounds(n, splitter.parts)
         ]
         outputs = splitter.map(self.onnx.run, chunks)
-        if outputs is None:  # another thread holds the splitter (a warm-up): run it whole
+        if outputs is None:  # a warm-up on another thread, or a straggler's chunk: run it whole
             return self.onnx.run(feeds)
         return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 

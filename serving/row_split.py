@@ -145,6 +145,7 @@ class RowSplitter:
         self._closed = False
         self.runs = 0  # calls that ran split (not the ones that found it busy)
         self.taken_back = 0  # chunks the caller ran itself because a helper lagged
+        self.declined = 0  # calls answered None: busy, or a straggler still running
 
     def map(self, fn: Callable[[A], R], args: Sequence[A]) -> list[R] | None:
         """`[fn(a) for a in args]` computed at once; None (nothing run) when another thread is
@@ -153,10 +154,14 @@ class RowSplitter:
         if not 1 <= len(args) <= self.parts:
             raise ValueError(f"{len(args)} chunks for a splitter of {self.parts} parts")
         if not self._busy.acquire(blocking=False):
+            self.declined += 1
             return None
         try:
             helpers: list[_Helper[A, R]] = self._helpers[: len(args) - 1]  # type: ignore[assignment]
-            if self._closed or not all(helper.collect() for helper in helpers):
+            if self._closed:
+                return None
+            if not all(helper.collect() for helper in helpers):
+                self.declined += 1
                 return None
             if self.cpus is not None:  # the helpers on the CPUs the caller is not on
                 here = _current_cpu()

@@ -142,6 +142,7 @@ class StateCollector(Collector):
         yield from self._state(state)
         yield self._models(state)
         yield self._batches(state)
+        yield from self._row_chunks()
         yield from self._impressions()
 
     def _state(self, state: ServingState | None) -> Iterator[Metric]:
@@ -196,6 +197,23 @@ class StateCollector(Collector):
                 {},
             )
         return info
+
+    def _row_chunks(self) -> Iterator[Metric]:
+        """The row splitter's counts (serving/row_split.py); no series when row chunks are off."""
+        splitter = self.manager.pool.splitter
+        if splitter is None:
+            return
+        family = CounterMetricFamily(
+            "ranker_row_chunk_requests",
+            "ONNX runs by how row chunks went: split (at once), whole (the splitter was busy or "
+            "a lagging helper still ran the last chunk); taken_back counts chunks the caller ran "
+            "itself because their helper lagged",
+            labels=("outcome",),
+        )
+        family.add_metric(("split",), splitter.runs)
+        family.add_metric(("whole",), splitter.declined)
+        family.add_metric(("taken_back",), splitter.taken_back)
+        yield family
 
     def _batches(self, state: ServingState | None) -> Metric:
         """Requests per run, per batched version: the batcher's own counts (one entry per size),

@@ -70,6 +70,7 @@ def test_a_lagging_helper_chunk_is_run_by_the_caller_and_collected_later() -> No
         assert splitter.taken_back == 1
         assert threads.count(threading.main_thread().name) == 2
         assert splitter.map(work, [3, 4]) is None  # the straggler still runs: run whole
+        assert splitter.declined == 1
         release.set()
         for _ in range(500):  # its late answer is collected, then splitting resumes
             got = splitter.map(work, [3, 4])
@@ -158,6 +159,13 @@ async def rank_all(settings: Settings, bodies: list[dict[str, Any]]) -> list[dic
             out.append(orjson.loads(response.content))
         splitter = served.service.manager.pool.splitter
         runs = splitter.runs if splitter is not None else 0
+        metrics = (await served.client.get("/metrics")).text
+        if splitter is None:
+            assert "ranker_row_chunk_requests" not in metrics
+        else:  # the counts, as /metrics tells them
+            assert f'ranker_row_chunk_requests_total{{outcome="split"}} {float(runs)}' in metrics
+            taken = float(splitter.taken_back)
+            assert f'ranker_row_chunk_requests_total{{outcome="taken_back"}} {taken}' in metrics
     return [{"runs": runs}, *out]
 
 

@@ -13,8 +13,8 @@ on one thread (docs/benchmarks.md, "Serving: row chunks vs ORT's thread pool").
 Hand-offs are plain `threading.Lock`s, the cheapest wake-up Python has: the executor's
 futures and conditions added about 0.1 ms per request. The session's `run` releases the GIL, so
 the chunks run in parallel. One splitter serves every model of the process; a caller that finds
-it busy (a warm-up on the state watcher's thread while a request runs) gets None and runs the
-whole request itself.
+it busy (a warm-up on the state watcher's thread while a request runs, or a lagging helper still
+on the last request's chunk) gets None and runs the whole request itself.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ class _Helper(Generic[A, R]):
         self._thread.join()
 
     def pin(self, cpu: int) -> None:
-        if cpu != self.cpu:
-            os.sched_setaffinity(self._thread.native_id or 0, {cpu})
+        thread = self._thread.native_id  # set once the thread runs (start() waits for that)
+        if cpu != self.cpu and thread is not None:
+            os.sched_setaffinity(thread, {cpu})
             self.cpu = cpu
 
     def _loop(self) -> None:

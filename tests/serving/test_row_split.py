@@ -159,6 +159,7 @@ async def rank_all(settings: Settings, bodies: list[dict[str, Any]]) -> list[dic
             out.append(orjson.loads(response.content))
         splitter = served.service.manager.pool.splitter
         runs = splitter.runs if splitter is not None else 0
+        declined = splitter.declined if splitter is not None else 0
         metrics = (await served.client.get("/metrics")).text
         if splitter is None:
             assert "ranker_row_chunk_requests" not in metrics
@@ -166,7 +167,7 @@ async def rank_all(settings: Settings, bodies: list[dict[str, Any]]) -> list[dic
             assert f'ranker_row_chunk_requests_total{{outcome="split"}} {float(runs)}' in metrics
             taken = float(splitter.taken_back)
             assert f'ranker_row_chunk_requests_total{{outcome="taken_back"}} {taken}' in metrics
-    return [{"runs": runs}, *out]
+    return [{"runs": runs, "declined": declined}, *out]
 
 
 def assert_same_ranking(split: list[dict[str, Any]], whole: list[dict[str, Any]]) -> None:
@@ -194,7 +195,10 @@ async def test_split_requests_rank_as_whole_ones(
     whole = await rank_all(settings, bodies)
     split = await rank_all(split_settings(settings), bodies)
     assert whole[0]["runs"] == 0  # intra_op_threads=1: nothing to split over
-    assert split[0]["runs"] >= len(bodies)  # every request (and the warm-ups) ran split
+    # every request (and the warm-ups) ran split, or whole when a lagging helper was still on the
+    # last request's chunk (a busy machine)
+    assert split[0]["runs"] >= 1
+    assert split[0]["runs"] + split[0]["declined"] >= len(bodies)
     assert_same_ranking(split, whole)
 
 

@@ -70,7 +70,10 @@ def item_columns(request: RankRequest, kinds: FieldKinds) -> dict[str, Any]:
             raise bad_request(
                 f"candidates[{i}].{name}", f"unknown item feature; valid: {sorted(kinds.item)}"
             )
-        columns[name] = _check_column(column, name, kind)
+        if request.checked_kinds.get(name) == kind:  # the parser checked these types already
+            columns[name] = _checked_column(column, kind)
+        else:
+            columns[name] = _check_column(column, name, kind)
     return columns
 
 
@@ -108,6 +111,17 @@ def _check_column(column: list[Any], name: str, kind: str) -> Any:
         except OverflowError:  # beyond int64: hashed by value from the lists
             return column
     return column
+
+
+def _checked_column(column: list[Any], kind: str) -> Any:
+    """`_check_column`'s result for a column of the fast parser's types (serving/parsing/fast.py):
+    int64 or string categories, numbers, int64 lists, or None. Skips about 0.05 ms of type
+    passes at 500 candidates."""
+    if kind == "dense":
+        return np.array(column, dtype=np.float64)
+    if kind == "categorical":
+        return _int64_or_list(column)
+    return Ragged.of_int_lists(column)
 
 
 def _int64_or_list(column: list[Any]) -> Any:

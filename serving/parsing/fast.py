@@ -95,4 +95,6 @@ class FastDecoder:
             for name, column in zip(self._names, columns[1:], strict=True)
             if column.count(None) != n  # every candidate left it out: as the general path
         }
-        return RankRequest(request_id, user_id, user, context, item_ids, items, top_k)
+        return RankRequest(
+            request_id, user_id, user, context, item_ids, items, top_k, self.item_kinds
+        )

@@ -13,7 +13,8 @@ spec when the columns are built (serving/columns.py), once the request's model i
 from __future__ import annotations
 
 import reprlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from serving.errors import bad_request
@@ -44,6 +45,10 @@ class RankRequest:
     # candidate gives a value (not null); sorted by name.
     items: dict[str, list[Any]]
     top_k: int | None
+    # Item feature -> the kind whose types the parser already checked (the fast path: msgspec did,
+    # in C); serving/columns.py skips its own check where the model's kind is the same. Not part
+    # of equality: both paths hand on the same request.
+    checked_kinds: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def size(self) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.interleave import blocked_medians
 from benchmarks.report import machine, write_section
 from benchmarks.serving_rank import CONFIG, DEMO_CONFIG, build_registry, request_body
 from ranker.features import FeatureEncoder
@@ -82,26 +82,6 @@ def calls(path: Path, feeds: dict[str, np.ndarray], splitter: RowSplitter) -> di
     return variants
 
 
-def rounds(
-    variants: dict[str, Callable[[], object]], repeat: int, blocks: int = 5
-) -> dict[str, float]:
-    """Median ms of each way, run in `blocks` rounds of consecutive calls, the ways taking turns
-    block by block with a pause between: call-by-call turns would let the spinning sessions'
-    workers, still spinning after their run, take the core the next way needs (a service runs
-    one way, not five)."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for call in variants.values():
-        call()
-    for _ in range(blocks):
-        for key, call in variants.items():
-            time.sleep(0.05)
-            for _ in range(max(1, repeat // blocks)):
-                started = time.perf_counter()
-                call()
-                times[key].append(time.perf_counter() - started)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=300)
@@ -124,7 +104,9 @@ def main() -> None:
                     **encoder.encode_group("user", user, 1),
                     **encoder.encode_group("item", items, n),
                 }
-                times = rounds(calls(version_dir / "model.onnx", feeds, splitter), args.repeat)
+                times = blocked_medians(
+                    calls(version_dir / "model.onnx", feeds, splitter), args.repeat
+                )
                 rows.append((label, n, times))
                 print(label, n, {k: round(v, 3) for k, v in times.items()}, flush=True)
     splitter.close()

@@ -54,6 +54,7 @@ import pyarrow as pa
 import torch
 import yaml
 
+from benchmarks.interleave import blocked_medians
 from benchmarks.report import machine, write_section
 from ranker.features import FeatureEncoder, fit_dense_stats
 from ranker.models import build_model
@@ -225,31 +226,27 @@ class BareOrt:
         def run_chunk(chunk: dict[str, np.ndarray]) -> object:
             return one.run(self.outputs, chunk)
 
-        self.ways: list[Callable[[], object]] = [
-            functools.partial(s.run, self.outputs, self.inputs) for s in (spinning, sleeping, one)
-        ]
-
         def split() -> object:
             # None: a straggler of the last call still runs; whole, as the service does then.
             return self.splitter.map(run_chunk, chunks) or one.run(self.outputs, self.inputs)
 
-        self.ways.append(split)
-        for call in self.ways:
+        sessions = {
+            "2 threads, spinning": spinning,
+            "2 threads, sleeping": sleeping,
+            "1 thread": one,
+        }
+        self.ways: dict[str, Callable[[], object]] = {
+            name: functools.partial(s.run, self.outputs, self.inputs)
+            for name, s in sessions.items()
+        }
+        self.ways["2 row chunks"] = split
+        for call in self.ways.values():
             for _ in range(10):
                 call()
 
-    def median_ms(self, repeat: int, blocks: int = 4) -> float:
-        """The fastest way's median over `repeat` calls each."""
-        times: list[list[float]] = [[] for _ in self.ways]
-        for _ in range(blocks):
-            for call, spent in zip(self.ways, times, strict=True):
-                time.sleep(0.02)
-                call()
-                for _ in range(max(1, repeat // blocks)):
-                    started = time.perf_counter()
-                    call()
-                    spent.append(time.perf_counter() - started)
-        return min(statistics.median(spent) for spent in times) * 1e3
+    def median_ms(self, repeat: int) -> float:
+        """The fastest way's median over about `repeat` calls each."""
+        return min(blocked_medians(self.ways, repeat, blocks=4, pause_s=0.02).values())
 
 
 def wait_ready(url: str, body: bytes, seconds: float = 120) -> None:

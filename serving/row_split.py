@@ -6,7 +6,7 @@ service's default, RANKER_ORT_SPINNING=off) every operator wakes them again, doz
 per run; spinning workers avoid that but hold a core between requests. A chunk per thread needs
 two hand-offs per request (start and done) and no synchronisation inside the run. On the 2-core
 development machine a 500-candidate call of the demo model took 0.60x the time of the 2-thread
-sleeping pool and 0.96x that of ORT's always-spinning one (which holds a core between requests);
+sleeping pool and 0.99x that of ORT's always-spinning one (which holds a core between requests);
 below about 64-100 candidates the hand-offs cost more than they save, and the request runs whole
 on one thread (docs/benchmarks.md, "Serving: row chunks vs ORT's thread pool").
 

@@ -92,6 +92,10 @@ class OptimizerConfig:
     embedding_l2: float = 0.0
     # The same penalty on the tables of the factor terms (model.config.factor_rank > 0).
     factor_l2: float = 0.0
+    # How both penalties charge an id: 0 once per read (each impression), 1 once per id (a prior
+    # per id: each read weighted by the feature's mean count / the id's count in the training
+    # days, ranker.models.id_prior); in between, that weight to this power.
+    l2_per_id: float = 0.0
     # Clip the global gradient norm (0: off).
     clip_norm: float = 0.0
 
@@ -423,6 +427,8 @@ def _check_optimizer(optimizer: OptimizerConfig, tasks: Sequence[str]) -> None:
         raise ConfigError(f"optimizer.embedding_l2: must be >= 0, got {optimizer.embedding_l2}")
     if optimizer.factor_l2 < 0:
         raise ConfigError(f"optimizer.factor_l2: must be >= 0, got {optimizer.factor_l2}")
+    if not 0 <= optimizer.l2_per_id <= 1:
+        raise ConfigError(f"optimizer.l2_per_id: must be in [0, 1], got {optimizer.l2_per_id}")
     if optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr: must be > 0, got {optimizer.lr}")
     for task, lr in optimizer.task_lr.items():

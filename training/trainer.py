@@ -140,6 +140,8 @@ class Trainer:
                 f"{list(config.data.paths)} have no `position` column in every file (ranker "
                 "build-log and simulate-traffic --log-dir write it); or set debias.position=none"
             )
+        if config.optimizer.l2_per_id > 0:
+            self.wrapper.use_id_prior(self._train_inputs(), config.optimizer.l2_per_id)
         self.device = torch.device(self.world.device)
         self.wrapper.to(self.device)
         self.balancer.to(self.device)
@@ -324,6 +326,14 @@ class Trainer:
             if self.stale_epochs >= loop.patience > 0:
                 break
         return self._finish(time.perf_counter() - started)
+
+    def _train_inputs(self) -> Iterator[Mapping[str, np.ndarray]]:
+        """The training days' encoded inputs: the whole array, or a streamed log chunk by chunk."""
+        train = self.data.train
+        if isinstance(train, StreamSplit):
+            yield from (chunk.inputs for chunk in train.chunks(self.encoder))
+        else:
+            yield train.inputs
 
     def _evaluate(
         self,

@@ -7,7 +7,7 @@ reads the same fed inputs as training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from ranker.models.aux_heads import AuxConfig, check_smaller_than_tower, make_aux_head
 from ranker.models.base import MultiTaskModel
+from ranker.models.id_prior import read_weights, row_counts, weighted_penalty
+from ranker.models.inputs import GroupInput
 from ranker.models.interactions import embedded_fields
 from ranker.models.losses import task_loss
 from ranker.models.position import PositionBias
@@ -51,7 +53,8 @@ class MultiTaskTrainingModel(nn.Module):
     as matrix factorisation regularises them): sparse optimisers have no weight decay, and id
     embeddings seen a few hundred times memorise their rows without it. `factor_l2` does the same
     for the tables of the model's factor terms, on the field vectors the forward pass read (a
-    weaker penalty measured best for them: docs/results.md).
+    weaker penalty measured best for them: docs/results.md). `use_id_prior` weights each read
+    by how rarely the training days read that row, towards a prior per id.
     `position` (training only, ranker.models.position) fits every loss at the row's served
     position, P(seen | position) times the model's output once seen; the model never reads it.
     """
@@ -91,6 +94,23 @@ class MultiTaskTrainingModel(nn.Module):
             for t, head in self.aux_heads.items():
                 check_smaller_than_tower(t, aux.form, head, model.towers.towers[t])
         self.gate_usage: dict[str, Tensor] = {}
+        # (group, per-row read weights) when the penalties are per id (`use_id_prior`).
+        self.id_weights: list[tuple[GroupInput, Tensor]] = []
+
+    def use_id_prior(self, train_chunks: Iterable[Mapping[str, Any]], alpha: float = 1.0) -> None:
+        """Weight each read of an embedding row by (mean count / count) ** alpha, counted over
+        the training inputs (one mapping, or a streamed log's chunks; ranker.models.id_prior):
+        the L2 penalties become a prior per id."""
+        groups = [self.model.inputs.user, self.model.inputs.item]
+        if self.model.factors is not None:
+            groups += [self.model.factors.user, self.model.factors.item]
+        groups = [g for g in groups if g.table is not None]
+        counts: list[Any] = [0] * len(groups)
+        for chunk in train_chunks:
+            counts = [c + row_counts(g, chunk) for c, g in zip(counts, groups, strict=True)]
+        self.id_weights = [
+            (g, read_weights(g, c, alpha)) for g, c in zip(groups, counts, strict=True)
+        ]
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -143,7 +163,17 @@ class MultiTaskTrainingModel(nn.Module):
     ) -> Tensor:
         """embedding_l2 * per-row mean of the squared norms of the row's field embeddings, plus
         factor_l2 * the same for the factor terms' own tables (their field vectors as the
-        forward pass read them, `ModelParts.factor_fields`)."""
+        forward pass read them, `ModelParts.factor_fields`). With a prior per id
+        (`use_id_prior`), each table row read is weighted instead (ranker.models.id_prior)."""
+        if self.id_weights:
+            factors = self.model.factors
+            scaled = [
+                (self.factor_l2 if factors is not None and g in (factors.user, factors.item)
+                 else self.embedding_l2, g, w)
+                for g, w in self.id_weights
+            ]  # fmt: skip
+            terms = [scale * weighted_penalty(g, inputs, w) for scale, g, w in scaled if scale > 0]
+            return torch.stack(terms).sum()
         layer = self.model.inputs
         norms = [
             x[:, : embedded_fields(group) * group.embedding_dim].pow(2).sum(dim=1).mean()

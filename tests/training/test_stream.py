@@ -153,3 +153,26 @@ def test_streamed_stats_match_fit_dense_stats_over_many_chunks(tmp_path: Path) -
         assert b.mean == pytest.approx(a.mean, rel=1e-12) and b.std == pytest.approx(
             a.std, rel=1e-12
         )
+
+
+def test_per_id_l2_counts_a_streamed_log_as_the_in_memory_path_does(
+    tiny_log: Path, tmp_path: Path
+) -> None:
+    """optimizer.l2_per_id counts each row's reads over the training days: chunk by chunk when
+    streaming, over the whole array in memory, with the same read weights."""
+    extra = ("optimizer.embedding_l2=0.1", "optimizer.l2_per_id=0.5", "model.config.factor_rank=2")
+    memory = load_config(None, tiny_overrides(tiny_log, tmp_path, *extra))
+    streamed = load_config(None, tiny_overrides(tiny_log, tmp_path, *extra, "data.stream=true"))
+    a = Trainer(memory, prepare_data(memory), tmp_path / "m", progress=False).wrapper.id_weights
+    b = Trainer(streamed, prepare_data(streamed), tmp_path / "s", progress=False).wrapper.id_weights
+    assert len(a) == len(b) == 4  # both groups' input tables and factor tables
+    for (_, want), (_, got) in zip(a, b, strict=True):
+        torch.testing.assert_close(got, want)
+        assert (want > 0).any()
+
+
+def test_per_id_l2_outside_zero_to_one_names_the_key() -> None:
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optimizer\.l2_per_id: must be in \[0, 1\]"):
+        load_config(None, ["optimizer.l2_per_id=2"])

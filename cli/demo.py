@@ -50,6 +50,7 @@ RECOMMENDED = [
     "optimizer.lr=0.003",
     "optimizer.embedding_l2=0.1",
     "optimizer.factor_l2=0.01",
+    "optimizer.l2_per_id=0.5",
     "train.early_stopping=loss",
     "train.ema_decay=0.995",
     "calibration.drift=trend",

@@ -49,7 +49,7 @@ def test_demo_trains_the_recommended_configuration() -> None:
         assert demo["model"]["config"][key] == recommended["model"]["config"][key], key
     for section in ("tasks", "balancer", "aux", "calibration"):
         assert demo[section] == recommended[section], section
-    for key in ("lr", "embedding_l2", "factor_l2", "task_lr"):
+    for key in ("lr", "embedding_l2", "factor_l2", "l2_per_id", "task_lr"):
         assert demo["optimizer"][key] == recommended["optimizer"][key], key
     for key in ("early_stopping", "ema_decay"):
         assert demo["train"][key] == recommended["train"][key], key

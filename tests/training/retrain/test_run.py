@@ -642,6 +642,7 @@ def test_the_shipped_config_loads_and_containers_redirect_it() -> None:
     assert config.train.model.config["interactions"] == "dot"
     assert config.train.model.config["factor_rank"] == recommended.model.config["factor_rank"]
     assert config.train.optimizer.factor_l2 == recommended.optimizer.factor_l2
+    assert config.train.optimizer.l2_per_id == recommended.optimizer.l2_per_id
     # docker-compose.yml and the Kubernetes CronJob set these for `ranker retrain`.
     environ = {"RANKER_REGISTRY": "/models", "RANKER_REDIS_URL": "redis://redis:6379/0"}
     config = load_retrain_config(REPO / "configs" / "retrain.yaml", ["registry=/r"], environ)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ranker.models.calibration import OutputCalibration
 from ranker.models.factors import TaskFactors
-from ranker.models.inputs import InputLayer
+from ranker.models.inputs import InputLayer, TableRead
 from ranker.models.losses import task_output
 from ranker.models.towers import TaskTowers
 from ranker.registry import REQUEST_INDEX as REQUEST_INDEX
@@ -106,6 +106,10 @@ class ModelParts(NamedTuple):
     gates: dict[str, Tensor]
     # The factor terms' field vectors, user and item side (empty without factor terms), for L2.
     factor_fields: tuple[Tensor, ...] = ()
+    # The input layer's (user, item) vectors before any request gather, for the read L2.
+    embedded: tuple[Tensor, ...] = ()
+    # Every embedding-table read of the pass (input layer, then factor terms), for the per-id L2.
+    reads: tuple[TableRead, ...] = ()
 
 
 class Body(NamedTuple):
@@ -165,7 +169,8 @@ class MultiTaskModel(nn.Module):
         raise NotImplementedError
 
     def forward_parts(self, inputs: Mapping[str, Tensor]) -> ModelParts:
-        user, item = self.inputs(inputs)
+        user, item, reads = self.inputs.forward_read(inputs)
+        embedded = (user, item)
         rows = inputs.get(REQUEST_INDEX)
         if rows is not None:
             # A batch of requests: user [B, d_user] -> each candidate's own user row [N, d_user].
@@ -177,9 +182,10 @@ class MultiTaskModel(nn.Module):
         offsets: dict[str, Tensor] | None = None
         fields: tuple[Tensor, ...] = ()
         if self.factors is not None:
-            offsets, fields = self.factors.terms_and_fields(inputs, rows)
+            offsets, fields, factor_reads = self.factors.terms_and_fields(inputs, rows)
+            reads += factor_reads
         raw, tower_inputs = self.towers(body.tower_inputs, offsets)
-        return ModelParts(raw, tower_inputs, body.shared, body.gates, fields)
+        return ModelParts(raw, tower_inputs, body.shared, body.gates, fields, embedded, reads)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [N] prediction in natural units}: click probability, watch_time seconds >= 0,

@@ -14,7 +14,8 @@ al., 2020), learnt jointly with the multi-task network, with its own, weaker L2
 The user side stays computed once per request: its vector is [1, forms * R] in serving and
 broadcasts against the candidates' [N, forms * R]; per candidate it costs one lookup per item
 field and forms * R multiply-adds. Training reuses the field vectors of the forward pass for the
-L2 penalty (`terms_and_fields`) rather than looking the rows up again.
+L2 penalty (`terms_and_fields`, field vectors and table reads) rather than looking the rows up
+again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ranker.models.inputs import GroupInput
+from ranker.models.inputs import GroupInput, TableRead
 from ranker.models.interactions import embedded_fields, field_embeddings
 from ranker.schema import FeatureSpec
 
@@ -55,19 +56,25 @@ class TaskFactors(nn.Module):
                     f"factor_rank needs embedded features on the {group.group} side; it has none"
                 )
 
-    def field_vectors(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Field embeddings of both sides, [B_u, fields, D] and [N, fields, D]."""
-        user, item = (
-            field_embeddings(g(inputs), embedded_fields(g), g.embedding_dim)
-            for g in (self.user, self.item)
-        )
-        return user, item
+    def field_vectors(
+        self, inputs: Mapping[str, Tensor]
+    ) -> tuple[tuple[Tensor, Tensor], tuple[TableRead, ...]]:
+        """Field embeddings of both sides, [B_u, fields, D] and [N, fields, D], and what their
+        tables read."""
+        fields, reads = [], []
+        for g in (self.user, self.item):
+            vector, read = g.forward_read(inputs)
+            fields.append(field_embeddings(vector, embedded_fields(g), g.embedding_dim))
+            if read is not None:
+                reads.append(read)
+        return (fields[0], fields[1]), tuple(reads)
 
     def terms_and_fields(
         self, inputs: Mapping[str, Tensor], rows: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
-        """The terms per task, and the field vectors they were computed from (for the L2)."""
-        fields = self.field_vectors(inputs)
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor], tuple[TableRead, ...]]:
+        """The terms per task, the field vectors they were computed from and the table reads
+        behind those (for the L2)."""
+        fields, reads = self.field_vectors(inputs)
         user = fields[0].sum(1)
         if rows is not None:
             user = user.index_select(0, rows)
@@ -80,7 +87,7 @@ class TaskFactors(nn.Module):
             term = terms[:, start : start + width]
             out[task] = term.squeeze(-1) if width == 1 else term
             start += width
-        return out, fields
+        return out, fields, reads
 
     def forward(
         self, inputs: Mapping[str, Tensor], rows: Tensor | None = None

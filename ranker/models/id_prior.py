@@ -11,8 +11,8 @@ of the feature's mean count; `alpha` in [0, 1] interpolates (0: per read, 1: per
 
 Measured (docs/results.md): alpha 0.5 is level on the quality benchmark's world (~260 training
 impressions per user) and gains click AUC on a sparser one, where rare ids are many. The weighted
-penalty reads every table row itself (a multi-categorical feature's tags one by one; the read
-penalty takes their pooled mean), a second gather per batch.
+penalty charges every table row read (a multi-categorical feature's tags one by one; the read
+penalty takes their pooled mean), from the vectors the forward pass gathered (`TableRead`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ranker.models.inputs import GroupInput
+from ranker.models.inputs import GroupInput, TableRead
 
 
 def table_rows(group: GroupInput, inputs: Mapping[str, Tensor | np.ndarray]) -> Tensor:
@@ -66,9 +66,7 @@ def read_weights(group: GroupInput, counts: np.ndarray, alpha: float = 1.0) -> T
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def weighted_penalty(group: GroupInput, inputs: Mapping[str, Tensor], weights: Tensor) -> Tensor:
-    """Per-row mean over the batch of sum over fields of weight(row) * ||embedding(row)||^2."""
-    assert group.table is not None
-    rows = table_rows(group, inputs)
-    squares = group.table(rows).pow(2).sum(dim=-1)  # [B, fields]
-    return (squares * weights.to(squares.device)[rows]).sum(dim=1).mean()
+def weighted_penalty(read: TableRead, weights: Tensor) -> Tensor:
+    """Mean over the batch of the sum over a row's reads of weight(table row) * ||vector||^2."""
+    squares = read.vectors.pow(2).sum(dim=-1)  # [B, reads]
+    return (squares * weights.to(squares.device)[read.rows]).sum(dim=1).mean()

@@ -11,6 +11,7 @@ B is 1 or N for the user group and N for the item group.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,16 @@ def input_names(spec: FeatureSpec) -> list[str]:
         for kind, suffix in KIND_KEYS.items()
         if spec.select(group, kind)  # type: ignore[arg-type]
     ]
+
+
+class TableRead(NamedTuple):
+    """What one forward pass read from a group's table: the rows [B, k] and their vectors
+    [B, k, D] (categorical fields, then every multi-categorical column, padding included). The
+    L2 penalties take them from the forward instead of looking the rows up a second time."""
+
+    group: GroupInput
+    rows: Tensor
+    vectors: Tensor
 
 
 class GroupInput(nn.Module):
@@ -88,6 +99,10 @@ class GroupInput(nn.Module):
         return self.embedding_dim * (self.n_cat + self.n_multi) + self.n_dense
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        return self.forward_read(inputs)[0]
+
+    def forward_read(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, TableRead | None]:
+        """The group's vector [B, out_dim] and what it read from the table (None: no table)."""
         g = self.group
         ids = []
         if self.n_cat:
@@ -96,8 +111,11 @@ class GroupInput(nn.Module):
             multi = _get(inputs, f"{g}_multi")
             ids.append(multi + self.multi_offsets)
         parts = []
+        read = None
         if self.table is not None:
-            emb = self.table(torch.cat(ids, dim=1))  # [B, n_cat + multi_width, D]
+            rows = torch.cat(ids, dim=1)
+            emb = self.table(rows)  # [B, n_cat + multi_width, D]
+            read = TableRead(self, rows, emb)
             if self.n_cat:
                 parts.append(emb[:, : self.n_cat].flatten(1))  # [B, n_cat * D]
             if self.n_multi:
@@ -109,7 +127,7 @@ class GroupInput(nn.Module):
         if self.n_dense:
             dense = _get(inputs, f"{g}_dense")
             parts.append((dense - self.dense_mean) / self.dense_std)  # [B, n_dense]
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), read
 
 
 class InputLayer(nn.Module):
@@ -140,6 +158,14 @@ class InputLayer(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self.user(inputs), self.item(inputs)
+
+    def forward_read(
+        self, inputs: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor, tuple[TableRead, ...]]:
+        """(user, item) as `forward` gives them, and what their tables read."""
+        user, user_read = self.user.forward_read(inputs)
+        item, item_read = self.item.forward_read(inputs)
+        return user, item, tuple(r for r in (user_read, item_read) if r is not None)
 
 
 def embedding_tables(module: nn.Module) -> list[nn.Embedding]:

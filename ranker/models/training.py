@@ -7,14 +7,14 @@ reads the same fed inputs as training.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ranker.models.aux_heads import AuxConfig, check_smaller_than_tower, make_aux_head
-from ranker.models.base import MultiTaskModel
+from ranker.models.base import ModelParts, MultiTaskModel
 from ranker.models.id_prior import read_weights, row_counts, weighted_penalty
 from ranker.models.inputs import GroupInput
 from ranker.models.interactions import embedded_fields
@@ -155,33 +155,32 @@ class MultiTaskTrainingModel(nn.Module):
         regularised = self.embedding_l2 > 0 or (
             self.factor_l2 > 0 and self.model.factors is not None
         )
-        penalty = self._embedding_penalty(inputs, parts.factor_fields) if regularised else None
+        penalty = self._embedding_penalty(parts) if regularised else None
         return TrainingStep(losses, main, aux_losses, parts.raw, parts.shared, parts.gates, penalty)
 
-    def _embedding_penalty(
-        self, inputs: Mapping[str, Tensor], factor_fields: Sequence[Tensor] = ()
-    ) -> Tensor:
+    def _embedding_penalty(self, parts: ModelParts) -> Tensor:
         """embedding_l2 * per-row mean of the squared norms of the row's field embeddings, plus
-        factor_l2 * the same for the factor terms' own tables (their field vectors as the
-        forward pass read them, `ModelParts.factor_fields`). With a prior per id
-        (`use_id_prior`), each table row read is weighted instead (ranker.models.id_prior)."""
+        factor_l2 * the same for the factor terms' own tables, all as the forward pass computed
+        them (`ModelParts.embedded`, `factor_fields`). With a prior per id (`use_id_prior`), each
+        table row read is weighted instead (ranker.models.id_prior, `ModelParts.reads`)."""
         if self.id_weights:
             factors = self.model.factors
-            scaled = [
-                (self.factor_l2 if factors is not None and g in (factors.user, factors.item)
-                 else self.embedding_l2, g, w)
-                for g, w in self.id_weights
-            ]  # fmt: skip
-            terms = [scale * weighted_penalty(g, inputs, w) for scale, g, w in scaled if scale > 0]
+            weights = {id(g): w for g, w in self.id_weights}
+            terms = []
+            for read in parts.reads:
+                is_factor = factors is not None and read.group in (factors.user, factors.item)
+                scale = self.factor_l2 if is_factor else self.embedding_l2
+                if scale > 0:
+                    terms.append(scale * weighted_penalty(read, weights[id(read.group)]))
             return torch.stack(terms).sum()
         layer = self.model.inputs
         norms = [
             x[:, : embedded_fields(group) * group.embedding_dim].pow(2).sum(dim=1).mean()
-            for group, x in zip((layer.user, layer.item), layer(inputs), strict=True)
+            for group, x in zip((layer.user, layer.item), parts.embedded, strict=True)
         ]
         total = self.embedding_l2 * torch.stack(norms).sum()
-        if factor_fields and self.factor_l2 > 0:
-            squares = [v.pow(2).sum(dim=(1, 2)).mean() for v in factor_fields]
+        if parts.factor_fields and self.factor_l2 > 0:
+            squares = [v.pow(2).sum(dim=(1, 2)).mean() for v in parts.factor_fields]
             total = total + self.factor_l2 * torch.stack(squares).sum()
         return total
 

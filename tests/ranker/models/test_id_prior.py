@@ -8,7 +8,7 @@ import torch
 
 from ranker.models import MultiTaskTrainingModel, build_model
 from ranker.models.id_prior import read_weights, row_counts, table_rows, weighted_penalty
-from ranker.models.inputs import GroupInput
+from ranker.models.inputs import GroupInput, TableRead
 
 CONFIG = {"num_experts": 2, "expert_units": [8], "tower_units": [4], "embedding_dim": 8}
 
@@ -40,7 +40,11 @@ def test_counts_and_weights_follow_each_feature(spec) -> None:
 def test_an_id_pays_the_same_per_epoch_whatever_its_count(spec) -> None:
     group = GroupInput(spec, "item", 4)
     ids = torch.tensor([[3]] * 9 + [[8]])  # id 3 read 9 times, id 8 once
-    inputs = {"item_cat": ids, "item_multi": torch.zeros(10, 6, dtype=torch.int64)}
+    inputs = {
+        "item_cat": ids,
+        "item_multi": torch.zeros(10, 6, dtype=torch.int64),
+        "item_dense": torch.zeros(10, group.n_dense),
+    }
     weights = read_weights(group, row_counts(group, inputs))
     with torch.no_grad():
         group.table.weight.fill_(1.0)  # every row's squared norm: 4
@@ -49,8 +53,17 @@ def test_an_id_pays_the_same_per_epoch_whatever_its_count(spec) -> None:
     # Summed over the epoch's reads each id pays mean_count * ||v||^2 = 5 * 4, once.
     assert per_read[:9].sum().item() == pytest.approx(20.0)
     assert per_read[9].item() == pytest.approx(20.0)
-    penalty = weighted_penalty(group, inputs, weights)
+    _, read = group.forward_read(inputs)
+    assert read is not None
+    torch.testing.assert_close(read.rows, table_rows(group, inputs))
+    penalty = weighted_penalty(read, weights)
     assert penalty.item() == pytest.approx(40.0 / 10)
+
+
+def lookup_penalty(group: GroupInput, inputs, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted penalty from a lookup of its own: what the forward's reads must equal."""
+    rows = table_rows(group, inputs)
+    return weighted_penalty(TableRead(group, rows, group.table(rows)), weights)
 
 
 def test_training_model_uses_the_prior_on_embeddings_and_factors(spec, make_inputs) -> None:
@@ -70,7 +83,7 @@ def test_training_model_uses_the_prior_on_embeddings_and_factors(spec, make_inpu
     assert not torch.isclose(step.penalty, read)
     groups = [model.inputs.user, model.inputs.item, model.factors.user, model.factors.item]
     want = sum(
-        scale * weighted_penalty(g, x, w)
+        scale * lookup_penalty(g, x, w)
         for scale, (g, w) in zip([0.5, 0.5, 0.1, 0.1], wrapper.id_weights, strict=True)
     )
     assert [g for g, _ in wrapper.id_weights] == groups

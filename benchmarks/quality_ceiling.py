@@ -11,6 +11,9 @@ Same worlds (`benchmarks.quality.WORLD`, cached by `world_log` in the same folde
   drift on the test days; only each user's latent vector and two biases are estimated, from the
   training days, by MAP under the simulator's true prior. A method that must also learn the items
   cannot beat it, up to MAP standing in for the posterior mean.
+- known-items bound, past trend: the same, but after the training days each item's popularity
+  trend stays at its value on the last training day (a random walk's best forecast from its
+  past): the bound for a model whose features stop at the training days.
 - true-structure factorisation: users and items both learnt, in the simulator's functional form
   and nothing more (a click model, and a completion-given-click model of the same form trained
   on clicked rows); what a well-specified model reaches from this much data. Not a bound: a better
@@ -48,13 +51,15 @@ from benchmarks.quality import (
 )
 from benchmarks.report import machine
 from ranker.tasks import labels_from_columns
-from sim.world import DEGREE_CLICK, SimulatorConfig, World
+from sim.world import DEGREE_CLICK, TREND_CLICK, SimulatorConfig, World
 from training.data import MS_PER_DAY, EncodedData, day_name, day_number, split_days
 from training.evaluate import evaluate_predictions
 
 TRAIN, VALID, TEST = 0, 1, 2
 VALID_DAYS, TEST_DAYS = 1, 3  # benchmarks.quality.SPLIT
 BOUND = "known-items bound"
+CLICK = ("click", "auc")
+PAST_BOUND = "known-items bound, past trend"
 FACTORISATION = "true-structure factorisation"
 COLUMNS = [
     "request_id",
@@ -244,8 +249,10 @@ def fit_user_terms(
     return theta
 
 
-def known_items_bound(config: SimulatorConfig, log: WorldLog) -> Predictions:
-    """Predictions with every term known but the users', which are estimated from training days."""
+def known_items_bound(config: SimulatorConfig, log: WorldLog) -> tuple[Predictions, Predictions]:
+    """Predictions with every term known but the users', which are estimated from training days:
+    with the items' true trend on every day, and with the trend of the rows after the training
+    days held at the last training day's value (what was knowable when training ended)."""
     world = World(config)
     offsets, items = known_terms(world, log)
     mean, precision = user_prior(world)
@@ -253,6 +260,25 @@ def known_items_bound(config: SimulatorConfig, log: WorldLog) -> Predictions:
     theta = fit_user_terms(problem, mean, precision).numpy()[log.columns["user_id"]]
     d = config.latent_dim
     logits = offsets + np.einsum("nd,ntd->nt", theta[:, :d], items) + theta[:, d:]
+    past = logits.copy()
+    past[:, 0] += trend_since_training(world, log)
+    return _predictions(logits), _predictions(past)
+
+
+def trend_since_training(world: World, log: WorldLog) -> np.ndarray:
+    """Per row, the click-logit change of the item's popularity trend (the world's 0.3 x trend)
+    from the last training day to the row's day, negated: 0 on training rows."""
+    day = world.day_of(log.columns["ts"])
+    last = int(day[log.split == TRAIN].max())
+    item = log.columns["item_id"]
+    after = day > last
+    shift = np.zeros(len(day))
+    trend = world.item_trend
+    shift[after] = TREND_CLICK * (trend[item[after], last] - trend[item[after], day[after]])
+    return shift
+
+
+def _predictions(logits: np.ndarray) -> Predictions:
     p = 1 / (1 + np.exp(-logits))
     return Predictions(p[:, 0], p[:, 1])
 
@@ -479,8 +505,12 @@ def run_seed(
 ) -> list[dict[str, Any]]:
     """Both estimators on one world (`config` is the one that simulated `log`), timed."""
     started = time.perf_counter()
-    bound = known_items_bound(config, log)
-    rows = [shares_row(BOUND, config.seed, time.perf_counter() - started, bound, log)]
+    bound, past = known_items_bound(config, log)
+    seconds = time.perf_counter() - started
+    rows = [
+        shares_row(BOUND, config.seed, seconds, bound, log),
+        shares_row(PAST_BOUND, config.seed, seconds, past, log),
+    ]
     started = time.perf_counter()
     pred, best_epoch, epochs = true_structure_factorisation(log, config.seed, factorisation)
     rows.append(shares_row(FACTORISATION, config.seed, time.perf_counter() - started, pred, log))
@@ -541,6 +571,23 @@ def meaning(groups: Mapping[str, list[dict[str, Any]]]) -> list[str]:
         )
     else:
         lines.append("No target lies above the known-items bound: the data rules none out.")
+    if PAST_BOUND in groups:
+        past = means_on_test(groups[PAST_BOUND])
+        beyond = [HEADLINE[m] for m in TARGETS if TARGETS[m] > past[m]]
+        lines.append(
+            "With the items' popularity trend held where it stood when training ended (what a "
+            "model whose features stop at the training days can know of it), the bound is "
+            f"{', '.join(f'{100 * past[m]:.1f}%' for m in TARGETS)}"
+            + (
+                f": {' and '.join(beyond)}'s target lies above even that."
+                if beyond
+                else ": "
+                + ", ".join(f"{100 * (past[m] - TARGETS[m]):.1f}" for m in TARGETS)
+                + " points above the targets. To meet click's, a model that learns the items "
+                f"would have to come within {100 * (past[CLICK] - TARGETS[CLICK]):.1f} points "
+                "of one that is given them."
+            )
+        )
     lines.append(
         "The true-structure factorisation learns the items too but has the world's own functional "
         f"form; its {', '.join(f'{100 * fact[m]:.1f}%' for m in TARGETS)} is what a "
@@ -582,6 +629,11 @@ def describe(seeds: list[int], total: float) -> list[str]:
         "by MAP under the simulator's true prior (Newton, float64), clicks as Bernoulli, "
         "completions of clicked rows as a Bernoulli quasi-likelihood weighted by the Beta "
         "concentration + 1. A method that must also learn the items cannot beat it.",
+        f"- **{PAST_BOUND}**: the same users, with each item's popularity trend after the "
+        "training days held at its value on the last training day (a random walk's best "
+        "forecast from its past; the world moves click logits by "
+        f"{TREND_CLICK:g} x the trend): the bound for a model whose features stop at the "
+        "training days (a same-day popularity counter could know more).",
         f"- **{FACTORISATION}**: users and items learnt, in the simulator's functional form and "
         "nothing more: click logit = intercept + biases (user, item, author, category, tab, "
         "hour, device, activity degree) + slopes on log1p(upload age) and log(duration / 30) + "
@@ -606,7 +658,8 @@ def render(
     quality: Mapping[str, list[dict[str, Any]]],
 ) -> str:
     """The docs section: how it was made, the summary table, every run, what it means."""
-    groups = {name: [r for r in rows if r["estimator"] == name] for name in (BOUND, FACTORISATION)}
+    names = (BOUND, PAST_BOUND, FACTORISATION)
+    groups = {name: [r for r in rows if r["estimator"] == name] for name in names}
     compared = {f"{name} (benchmarks.quality)": mine for name, mine in quality.items()}
     lines = [*describe(seeds, total), "", "Captured share, mean ± std over seeds:", ""]
     lines += table({**groups, **compared})

@@ -34,6 +34,7 @@ DEGREE_RATE = np.array([4.0, 2.0, 1.0, 0.4])  # ... and send more requests
 DEVICE_PROBS = np.array([0.6, 0.32, 0.08])
 DEVICE_CLICK = np.array([0.0, 0.05, -0.2])
 DEVICE_COMPLETION = np.array([0.0, 0.1, -0.3])
+TREND_CLICK = 0.3  # weight of an item's popularity trend (a daily random walk) in its click logit
 CODE_LEVELS = 50  # values of each "encrypted" user code (fits the spec's 64 buckets)
 BAIT_TAGS = 8  # tags that clickbait items tend to carry, so tags carry a conflicting-task signal
 
@@ -342,7 +343,7 @@ class World:
             + self.item_click_quality[item_idx]
             + dots[:, 0]
             + self.config.task_conflict * clickbait
-            + 0.3 * self.item_trend[item_idx, self.day_of(ts)]
+            + TREND_CLICK * self.item_trend[item_idx, self.day_of(ts)]
             - 0.08 * np.log1p(age_days)  # freshness
             + TAB_CLICK[tab]
             + HOUR_CLICK[hour]

@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.quality_ceiling import BOUND, FACTORISATION, read_world_log, run_seed, user_prior
+from benchmarks.quality_ceiling import (
+    BOUND,
+    FACTORISATION,
+    PAST_BOUND,
+    TRAIN,
+    known_items_bound,
+    read_world_log,
+    run_seed,
+    user_prior,
+)
 from sim.simulate import simulate
 from sim.world import SimulatorConfig, World
 
@@ -29,8 +38,12 @@ def test_the_bound_beats_the_factorisation_and_both_beat_a_constant(tmp_path: Pa
     simulate(TINY, tmp_path)
     log = read_world_log(tmp_path)
     assert log.rows(0).size and log.rows(1).size and log.rows(2).size
-    bound, fact = run_seed(TINY, log)
-    assert (bound["estimator"], fact["estimator"]) == (BOUND, FACTORISATION)
+    bound, past, fact = run_seed(TINY, log)
+    assert (bound["estimator"], past["estimator"], fact["estimator"]) == (
+        BOUND,
+        PAST_BOUND,
+        FACTORISATION,
+    )
     for split in ("valid", "test"):
         click = f"{split}.click.captured_auc"
         assert bound[click] > fact[click] > 0.3, (bound, fact)
@@ -38,7 +51,22 @@ def test_the_bound_beats_the_factorisation_and_both_beat_a_constant(tmp_path: Pa
         assert 0.8 < bound[click] < 1.02
         for task in ("watch_time", "completion"):
             assert 0.3 < bound[f"{split}.{task}.captured_rmse"] < 1.02, bound
+        # The trend known when training ended is less than the truth, and still item knowledge.
+        assert fact[click] < past[click] <= bound[click] + 0.005, (bound, past, fact)
     assert 1 <= int(fact["epoch"].split(" / ")[0]) <= int(fact["epoch"].split(" / ")[1])
+
+
+def test_the_past_bound_differs_from_the_bound_only_after_the_training_days(
+    tmp_path: Path,
+) -> None:
+    simulate(TINY, tmp_path)
+    log = read_world_log(tmp_path)
+    bound, past = known_items_bound(TINY, log)
+    train = log.split == TRAIN
+    np.testing.assert_array_equal(bound.p_click[train], past.p_click[train])
+    np.testing.assert_array_equal(bound.completion_given_click, past.completion_given_click)
+    # The trend is a random walk: after training it moves almost every item's click logit.
+    assert np.mean(bound.p_click[~train] != past.p_click[~train]) > 0.9
 
 
 def test_the_bound_prior_is_the_simulator_distribution_of_user_terms() -> None:

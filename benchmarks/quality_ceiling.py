@@ -266,8 +266,9 @@ def known_items_bound(config: SimulatorConfig, log: WorldLog) -> tuple[Predictio
 
 
 def trend_since_training(world: World, log: WorldLog) -> np.ndarray:
-    """Per row, the click-logit change of the item's popularity trend (the world's 0.3 x trend)
-    from the last training day to the row's day, negated: 0 on training rows."""
+    """Per row, what replaces the item's true trend term in the click logit (TREND_CLICK x the
+    trend) by its value on the last training day: 0 on training rows (and on any row not after
+    the training days), one fit of the users serving both bounds."""
     day = world.day_of(log.columns["ts"])
     last = int(day[log.split == TRAIN].max())
     item = log.columns["item_id"]
@@ -503,7 +504,8 @@ def run_seed(
     log: WorldLog,
     factorisation: FactorisationConfig = FactorisationConfig(),
 ) -> list[dict[str, Any]]:
-    """Both estimators on one world (`config` is the one that simulated `log`), timed."""
+    """The estimators on one world (`config` is the one that simulated `log`), timed; the two
+    bounds share one fit of the users, and its seconds."""
     started = time.perf_counter()
     bound, past = known_items_bound(config, log)
     seconds = time.perf_counter() - started

@@ -3,25 +3,23 @@
 Training rows built from the log must be what the model saw, not features re-joined later (which
 drift: an item's age, a user's follower count). The record carries the raw values the encoder
 received: user and context once per request, and for the served items one column per item
-feature in served order (position p is index p, as in the record's `positions`). `item_id` is
+feature in served order (a list feature as the request's lists, null where a candidate gave
+none) (position p is index p, as in the record's `positions`). `item_id` is
 left out of the columns: the record's `item_ids` holds it. A feature no candidate gave a value
 (left out or null on every one) is absent: every item took the spec's default, as a reader of the
 log does for a missing column.
 
 Building this costs nothing before the response: `ServedFeatures` keeps references to the
-columns the encoder already received, and the record is turned into JSON
+columns the request and the encoder already hold, and the record is turned into JSON
 (`impressions.encode_default`) after the response is sent.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from ranker.features import Ragged
 
 
 class ServedFeatures:
@@ -34,7 +32,7 @@ class ServedFeatures:
         self,
         user: dict[str, Any],  # the request's user object (raw values, user_id included)
         context: dict[str, Any],  # the request's context object
-        items: dict[str, Any],  # item columns as the encoder got them, in request order
+        items: dict[str, Any],  # item columns, in request order (serving.ranking.served)
         order: np.ndarray,  # served position -> index into the request's candidates
     ) -> None:
         self.user = user
@@ -54,14 +52,6 @@ class ServedFeatures:
 def _served(column: Any, order: np.ndarray) -> Any:
     if isinstance(column, np.ndarray):
         return column[order]
-    if isinstance(column, Ragged):
-        # Gather the served rows' values in one numpy step, then cut them into lists in C: a
-        # slice and tolist() per row cost about twice as much.
-        lengths = column.lengths[order]
-        starts = (np.cumsum(column.lengths) - column.lengths)[order]
-        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        flat = iter(column.values[np.arange(len(shift)) + shift].tolist())
-        return list(map(list, map(itertools.islice, itertools.repeat(flat), lengths.tolist())))
     if isinstance(column, pa.Array | pa.ChunkedArray):  # the general path's list columns
         return column.take(pa.array(order)).to_pylist()
     return [column[i] for i in order.tolist()]

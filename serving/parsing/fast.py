@@ -93,8 +93,14 @@ class FastDecoder:
         items = {
             name: list(column)
             for name, column in zip(self._names, columns[1:], strict=True)
-            if column.count(None) != n  # every candidate left it out: as the general path
+            if not _all_none(column, n)  # every candidate left it out: as the general path
         }
         return RankRequest(
             request_id, user_id, user, context, item_ids, items, top_k, self.item_kinds
         )
+
+
+def _all_none(column: tuple[Any, ...], n: int) -> bool:
+    """Whether every value is None. The first value settles the usual case: `count(None)` asks
+    each value's `__eq__`, 24 us over six columns of 500 candidates."""
+    return column[0] is None and column.count(None) == n

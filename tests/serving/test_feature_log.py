@@ -41,6 +41,8 @@ async def test_records_carry_the_served_features_and_positions(
     candidates = [{**c, "upload_age_days": None} for c in body["candidates"]]
     if not typed:  # string tags leave the typed decoder's layout: the general path
         candidates = [{**c, "tags": [str(t) for t in c["tags"]]} for c in candidates]
+    # A list feature is logged as the request gave it, null where a candidate gave none.
+    candidates = [{**c, "tags": None} if i % 2 else c for i, c in enumerate(candidates)]
     body = {**body, "candidates": candidates}
     async with serve(settings) as served:
         response = await served.client.post("/rank", json={**body, "top_k": 5})
@@ -60,6 +62,7 @@ async def test_records_carry_the_served_features_and_positions(
     expected = served_columns(body, item_ids)
     logged = features["items"]
     assert expected.pop("upload_age_days") == [None] * 5
+    assert None in expected["tags"] and any(expected["tags"])
     for name, values in expected.items():
         assert logged[name] == values, name
     assert set(logged) == set(expected)  # item_id is the record's item_ids, not repeated
@@ -121,14 +124,13 @@ def test_redis_stream_is_trimmed_to_about_maxlen(redis_prefix: str) -> None:
 
 
 def test_served_columns_follow_the_served_order() -> None:
-    from ranker.features import Ragged
     from serving.served_features import ServedFeatures
 
     items = {
         "item_id": np.array([10, 11, 12]),
         "duration": np.array([1.5, np.nan, 3.0]),
         "category": ["a", 7, "c"],
-        "tags": Ragged.of_int_lists([[1, 2], None, [3]]),
+        "tags": [[1, 2], None, [3]],
     }
     doc = ServedFeatures({"user_id": 1}, {}, items, np.array([2, 0, 1])).to_json()
     assert orjson.loads(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)) == {
@@ -137,7 +139,7 @@ def test_served_columns_follow_the_served_order() -> None:
         "items": {
             "duration": [3.0, 1.5, None],
             "category": ["c", "a", 7],
-            "tags": [[3], [1, 2], []],
+            "tags": [[3], [1, 2], None],
         },
     }
 

@@ -57,6 +57,8 @@ class Sink(Protocol):
 # KEEP rotated files are kept, so the log stays under (KEEP + 1) * ROTATE_BYTES plus one batch.
 ROTATE_BYTES = 256 * 1024 * 1024
 KEEP = 4
+# Lines per writev call: two buffers each (the line, its newline), within the system's IOV_MAX.
+_IOV_LINES = os.sysconf("SC_IOV_MAX") // 2
 
 
 class JsonlSink:
@@ -79,16 +81,26 @@ class JsonlSink:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, lines: Sequence[bytes]) -> None:
-        data = memoryview(b"".join(line + b"\n" for line in lines))
         start = os.fstat(self._fd).st_size
         try:
-            while data:
-                data = data[os.write(self._fd, data) :]
+            for first in range(0, len(lines), _IOV_LINES):
+                self._write_lines(lines[first : first + _IOV_LINES])
         except OSError:
             os.ftruncate(self._fd, start)
             raise
         if os.fstat(self._fd).st_size >= self.max_bytes:
             self._rotate()
+
+    def _write_lines(self, lines: Sequence[bytes]) -> None:
+        """One writev of the lines and their newlines: no copy of the batch into one buffer,
+        which held the GIL for ~0.3 ms per drain at 500-candidate records (copying ~3 MB) and
+        delayed the request in flight; the syscall itself releases it."""
+        pieces = [piece for line in lines for piece in (line, b"\n")]
+        written = os.writev(self._fd, pieces)
+        if written < sum(map(len, pieces)):  # a short write (rare on a file): the rest in turn
+            rest = memoryview(b"".join(pieces))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
 
     def _rotate(self) -> None:
         """<name> -> <name>.1 -> ... -> <name>.<keep> (the oldest is replaced); a fresh file."""

@@ -346,7 +346,7 @@ def feature_logging(
 
 
 def writer_cost(body: dict[str, Any], spec: Any, repeat: int = 200) -> dict[str, float]:
-    """The impression writer's CPU per record (median us), with and without the served features:
+    """The impression record's serialisation CPU (median us), with and without the served features:
     the record the service builds for this body (the real parse and item columns), serialised as
     the service does after the response, alternating the two forms."""
     import orjson
@@ -388,10 +388,12 @@ def writer_cost(body: dict[str, Any], spec: Any, repeat: int = 200) -> dict[str,
 
 
 def record_bytes(path: Path) -> dict[int, float]:
-    """Mean JSON bytes of an impression record, by the number of items it served."""
+    """Mean JSON bytes of an impression record, by the number of items it served (the log and
+    its rotated files: a run at several counts writes past the rotation size)."""
     sizes: dict[int, list[int]] = {}
-    for line in path.read_bytes().splitlines() if path.exists() else []:
-        sizes.setdefault(len(json.loads(line)["item_ids"]), []).append(len(line) + 1)
+    for part in [path, *path.parent.glob(f"{path.name}.*")]:
+        for line in part.read_bytes().splitlines() if part.exists() else []:
+            sizes.setdefault(len(json.loads(line)["item_ids"]), []).append(len(line) + 1)
     return {n: statistics.mean(values) for n, values in sizes.items()}
 
 
@@ -739,10 +741,10 @@ def render_features(results: dict[int, dict[str, Any]], args: argparse.Namespace
         "candidate is served and logged); one uvicorn worker each, JSONL impression log, load from a separate "
         f"process; {machine()}. p50: single connection, {args.rounds} alternating rounds, on / off is the median "
         "of the per-round ratios (range); throughput: 4 connections, median of 3 alternating runs. The record is "
-        "built after the response; the features are serialised on the impression writer thread, whose CPU per "
-        "record (median of 200, in this process, the service's own parse, columns and encoder) is the last column.",
+        "built and serialised after the response is sent (the writer thread only writes); its serialisation's CPU "
+        "per record (median of 200, in this process, the service's own parse, columns and encoder) is the last column.",
         "",
-        "| candidates | p50 on / off | p99 on / off | on / off p50 (range) | req/s on / off (4 conn) | record KB on / off | writer CPU per record on / off |",
+        "| candidates | p50 on / off | p99 on / off | on / off p50 (range) | req/s on / off (4 conn) | record KB on / off | serialisation CPU per record on / off |",
         "|---:|---|---|---:|---|---|---|",
     ]
     for n, row in results.items():

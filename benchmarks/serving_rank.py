@@ -844,8 +844,8 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def sustained_table(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> list[str]:
-    """The tail from one long run per server: the rounds' p99 is the 3rd-slowest of 300
-    requests, pooled over rounds that each start on a server other servers' turns left idle."""
+    """The tail from one long run per server: the rounds' pooled p99 is a handful of requests,
+    from rounds that each start on a server that other servers' turns left idle."""
     lines = [
         "",
         f"The tail: one connection, {args.sustained} requests per server in one run after 50 "

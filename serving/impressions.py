@@ -92,9 +92,9 @@ class JsonlSink:
             self._rotate()
 
     def _write_lines(self, lines: Sequence[bytes]) -> None:
-        """One writev of the lines and their newlines: no copy of the batch into one buffer,
-        which held the GIL for ~0.3 ms per drain at 500-candidate records (copying ~3 MB) and
-        delayed the request in flight; the syscall itself releases it."""
+        """One writev of the lines and their newlines, no copy of the batch into one buffer:
+        that copy held the GIL 1.15 ms per drain of 25 records of 500 candidates and delayed the
+        request in flight; the syscall itself releases it."""
         pieces = [piece for line in lines for piece in (line, b"\n")]
         written = os.writev(self._fd, pieces)
         if written < sum(map(len, pieces)):  # a short write (rare on a file): the rest in turn

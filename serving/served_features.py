@@ -3,9 +3,9 @@
 Training rows built from the log must be what the model saw, not features re-joined later (which
 drift: an item's age, a user's follower count). The record carries the raw values the encoder
 received: user and context once per request, and for the served items one column per item
-feature in served order (a list feature as the request's lists, null where a candidate gave
-none) (position p is index p, as in the record's `positions`). `item_id` is
-left out of the columns: the record's `item_ids` holds it. A feature no candidate gave a value
+feature in served order (position p is index p, as in the record's `positions`); a list feature
+is the request's own lists, null where a candidate gave none. `item_id` is left out of the
+columns: the record's `item_ids` holds it. A feature no candidate gave a value
 (left out or null on every one) is absent: every item took the spec's default, as a reader of the
 log does for a missing column.
 

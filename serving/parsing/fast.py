@@ -29,6 +29,7 @@ import orjson
 
 from serving.parsing.form import (
     RankRequest,
+    all_none,
     check_candidates,
     check_item_ids,
     check_top_k,
@@ -89,18 +90,11 @@ class FastDecoder:
         item_ids = list(columns[0])
         check_item_ids(item_ids)
         top_k = check_top_k(doc.top_k)
-        n = len(item_ids)
         items = {
             name: list(column)
             for name, column in zip(self._names, columns[1:], strict=True)
-            if not _all_none(column, n)  # every candidate left it out: as the general path
+            if not all_none(column)  # every candidate left it out: as the general path
         }
         return RankRequest(
             request_id, user_id, user, context, item_ids, items, top_k, self.item_kinds
         )
-
-
-def _all_none(column: tuple[Any, ...], n: int) -> bool:
-    """Whether every value is None. The first value settles the usual case: `count(None)` asks
-    each value's `__eq__`, 24 us over six columns of 500 candidates."""
-    return column[0] is None and column.count(None) == n

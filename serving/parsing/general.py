@@ -17,6 +17,7 @@ from serving.errors import ApiError, bad_request
 from serving.parsing.form import (
     REQUEST_KEYS,
     RankRequest,
+    all_none,
     check_candidates,
     check_item_ids,
     check_top_k,
@@ -51,7 +52,7 @@ def parse_general(body: bytes, max_candidates: int, item_features: Collection[st
     items = {}
     for name in sorted(present):
         column = list(map(dict.get, candidates, itertools.repeat(name)))
-        if column.count(None) != len(column):  # all null: left out, as on the fast path
+        if not all_none(column):  # all null: left out, as on the fast path
             items[name] = column
     return RankRequest(request_id, user_id, user, context, item_ids, items, top_k)
 

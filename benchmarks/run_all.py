@@ -16,6 +16,7 @@ BENCHMARKS = (
     ["benchmarks.quantized"],
     ["benchmarks.row_split"],
     ["benchmarks.serving_rank"],
+    ["benchmarks.serving.stages"],
 )
 
 

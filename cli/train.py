@@ -64,6 +64,26 @@ def _compare(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
+    if args.ensemble:
+        if args.quantize:
+            raise ValueError("--ensemble and --quantize: int8 is made from one run's graph")
+        from training.ensemble import export_ensemble
+
+        manifest = export_ensemble(
+            [Path(args.run_dir), *map(Path, args.ensemble)],
+            Path(args.registry),
+            args.name,
+            parent=args.parent,
+            batched=args.batched,
+        )
+        members = len(manifest.hparams["members"])
+        print(
+            f"exported {args.name} version {manifest.version}, the mean of {members} runs, to "
+            f"{Path(args.registry) / args.name / manifest.version}"
+        )
+        print(f"ONNX vs PyTorch max abs diff: {manifest.exporter.get('parity_max_diff')}")
+        print(manifest.version)
+        return 0
     if args.quantize:
         if args.batched:
             raise ValueError(
@@ -113,5 +133,13 @@ def register(add: AddCommand) -> None:
         action="store_true",
         help="publish the batched graph (many requests per run), which the service's dynamic "
         "batcher feeds when RANKER_BATCH_MAX_REQUESTS > 1",
+    )
+    ex.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="also average this run's predictions (repeatable): one graph for runs of one "
+        "configuration that differ in train.seed; each member's cost per request",
     )
     quantize.add_arguments(ex)

@@ -27,6 +27,7 @@ import torch
 from ranker.features import FeatureEncoder
 from ranker.model_card import CARD_FILE
 from ranker.models import REQUEST_INDEX, MultiTaskModel
+from ranker.models.ensemble import MeanOfModels
 from ranker.onnx_model import OnnxModel, OnnxModelError
 from ranker.registry import MANIFEST_FILE, MODEL_FILE, Manifest, Publication, publish
 from ranker.schema import FeatureSpec
@@ -65,7 +66,7 @@ def export_run(
     """
     run_dir = Path(run_dir)
     best = run_dir / BEST
-    state, run_metrics, model = _read_run(run_dir, best)
+    state, run_metrics, model = read_run(run_dir, best)
     spec = FeatureSpec.from_yaml(state["spec_yaml"], str(best))
     split = state["split"]
     days = list(split["test"] or split["valid"])
@@ -100,7 +101,7 @@ def export_run(
     return manifest
 
 
-def _read_run(run_dir: Path, best: Path) -> tuple[dict[str, Any], dict[str, Any], MultiTaskModel]:
+def read_run(run_dir: Path, best: Path) -> tuple[dict[str, Any], dict[str, Any], MultiTaskModel]:
     """The best checkpoint's state, the run's metrics and the inference model, checked."""
     if not best.is_file():
         raise ExportError(f"{best}: not found; {run_dir} is not a finished training run")
@@ -184,7 +185,7 @@ def _quiet() -> Iterator[None]:
 
 
 def to_onnx(
-    model: MultiTaskModel,
+    model: MultiTaskModel | MeanOfModels,
     example: Mapping[str, np.ndarray],
     opset: int,
     *,
@@ -262,7 +263,10 @@ def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def check_parity(
-    model_bytes: bytes, model: MultiTaskModel, data: EncodedData, tolerance: float
+    model_bytes: bytes,
+    model: MultiTaskModel | MeanOfModels,
+    data: EncodedData,
+    tolerance: float,
 ) -> dict[str, Any]:
     """ONNX Runtime (CPU) vs torch eager, row-wise (user batch N) and per request (user batch 1,
     the first few requests); for a batched graph also those requests merged into one run.

@@ -4,6 +4,7 @@ model are refused by name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from cli.main import main as cli_main
 from ranker.models.ensemble import MeanOfModels
 from ranker.onnx_model import OnnxModel
-from ranker.registry import model_path
+from ranker.registry import MANIFEST_FILE, model_path
 from tests.conftest import tiny_overrides
 from training.checkpoint import BEST, load_best
 from training.config import load_config
@@ -90,3 +91,6 @@ def test_ranker_export_with_ensemble(tiny_run: Path, second_run: Path, tmp_path:
     assert cli_main(args) == 0
     assert model_path(registry, "ranker", "v0001").is_file()
     assert cli_main([*args, "--quantize", "int8"]) == 2  # int8 comes from one run's graph
+    assert cli_main([*args, "--batched"]) == 0  # the graph a dynamic batcher feeds, checked too
+    manifest = json.loads((registry / "ranker" / "v0002" / MANIFEST_FILE).read_text())
+    assert manifest["batched"] and "batched" in manifest["exporter"]["parity"]

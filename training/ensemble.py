@@ -2,10 +2,10 @@
 their predictions.
 
 Runs that differ only in `train.seed` (initial weights, batch order) differ as much as runs on
-different simulated worlds. On the quality benchmark's worlds the average of three such runs beat
-each of them on every headline metric: over one run, 1.3-1.5 points of captured click AUC and
-2.8-4.4 of the regressions' captured RMSE on the test days (docs/results.md, "How much of the gap
-is variance").
+different simulated worlds. On the quality benchmark's three worlds the average of three such
+runs beat each of them on every headline metric: over one run, 0.9-1.5 points of captured click
+AUC and 1.5-4.4 of the regressions' captured RMSE on the test days (docs/results.md, "How much of
+the gap is variance").
 The price is every member's forward pass per request, so it is an export option, not a default.
 
 Members are averaged in natural units, each with its own calibration under drift (what each

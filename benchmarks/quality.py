@@ -10,6 +10,9 @@ configuration on the first 10 days, stops early on day 11 (validation) and is me
 12-14 (test). Captured share of metric m: (model - constant) / (oracle - constant), the constant
 predicting the evaluated rows' mean label (training.evaluate). Configurations are compared and
 chosen on the validation day; test figures are reported, never used to choose.
+`--configs recommended-x3` adds a seed ensemble (`ranker export --ensemble`): configs/train.yaml
+trained three times per world, their predictions averaged (three times the time; not in the
+default run).
 
 Writes runs/quality/results.json, the `quality` section of docs/results.md (a table per split,
 every run with its time, and whether the recommended configuration meets issue 14's targets) and
@@ -91,6 +94,11 @@ CONFIGS: dict[str, tuple[Path | None, list[str]]] = {
     # Not in the default run (--configs adds it): ZILN overshoots the mean on this world.
     "mmoe_ew+ziln": (None, [*MODEL, "balancer.name=ew", "tasks.losses.watch_time=ziln"]),
 }
+# Seed ensembles (`ranker export RUN --ensemble RUN2 ...`): name -> (base configuration, members).
+# The members train with the world's seed, then MEMBER_SEEDS; not in the default run (3x the
+# time; docs/results.md, "How much of the gap is variance").
+ENSEMBLES: dict[str, tuple[str, int]] = {"recommended-x3": ("recommended", 3)}
+MEMBER_SEEDS = (100, 200, 300, 400)
 # recommended-noema / -nodrift and recommended+rank8 were measured in earlier runs (docs/results.md
 # says which); they stay available through --configs.
 DEFAULT_CONFIGS = [
@@ -146,11 +154,22 @@ def world_log(seed: int, root: Path) -> Path:
 
 
 def run_config(
-    name: str, data: PreparedData, log: Path, seed: int, root: Path, threads: int
+    name: str,
+    data: PreparedData,
+    log: Path,
+    seed: int,
+    root: Path,
+    threads: int,
+    train_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Train one configuration on one seed's prepared data; its captured shares and time."""
+    """Train one configuration on one seed's prepared data; its captured shares and time.
+    `train_seed` (default: the world's seed) seeds the weights and the batch order."""
+    if name in ENSEMBLES:
+        return run_ensemble(name, data, log, seed, root, threads)
     path, overrides = CONFIGS[name]
-    run_dir = root / "runs" / f"{name}-seed{seed}"
+    train_seed = seed if train_seed is None else train_seed
+    suffix = "" if train_seed == seed else f"-member{train_seed}"
+    run_dir = root / "runs" / f"{name}-seed{seed}{suffix}"
     config: TrainConfig = load_config(
         path,
         [
@@ -158,7 +177,7 @@ def run_config(
             *SPLIT,
             f"data.paths=[{log}]",
             f"out={run_dir}",
-            f"train.seed={seed}",
+            f"train.seed={train_seed}",
             f"train.threads={threads}",
         ],
     )
@@ -171,7 +190,44 @@ def run_config(
         "seconds": seconds,
         "epochs": result["epochs_run"],
         "best_epoch": result["best_epoch"],
+        "run_dir": str(run_dir),
     }
+    return {**row, **headline_metrics(result)}
+
+
+def run_ensemble(
+    name: str, data: PreparedData, log: Path, seed: int, root: Path, threads: int
+) -> dict[str, Any]:
+    """A seed ensemble (`ranker export --ensemble`): the base configuration trained once per
+    member seed on this world, their calibrated predictions averaged and evaluated like a run.
+    Its seconds are the members' sum; its epochs theirs, comma-separated."""
+    from ranker.models.ensemble import MeanOfModels
+    from training.checkpoint import BEST, load_best
+    from training.data import EncodedData
+    from training.evaluate import evaluate_predictions, predict
+
+    base, members = ENSEMBLES[name]
+    seeds = [seed, *[s for s in MEMBER_SEEDS if s != seed][: members - 1]]
+    runs = [run_config(base, data, log, seed, root, threads, train_seed=s) for s in seeds]
+    model = MeanOfModels([load_best(Path(r["run_dir"]) / BEST) for r in runs])
+    result: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        encoded = getattr(data, split)
+        assert isinstance(encoded, EncodedData)
+        result[split] = evaluate_predictions(predict(model, encoded), encoded)
+    row: dict[str, Any] = {
+        "config": name,
+        "seed": seed,
+        "seconds": sum(r["seconds"] for r in runs),
+        "epochs": ",".join(str(r["epochs"]) for r in runs),
+        "best_epoch": ",".join(str(r["best_epoch"]) for r in runs),
+    }
+    return {**row, **headline_metrics(result)}
+
+
+def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The row's metric columns from a run's (or an ensemble's) valid and test metrics."""
+    row: dict[str, Any] = {}
     for split in ("valid", "test"):
         metrics = result[split]
         for (task, metric), _ in HEADLINE.items():
@@ -401,9 +457,9 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.configs.split(",")
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n not in CONFIGS and n not in ENSEMBLES]
     if unknown:
-        parser.error(f"unknown configs {unknown}; valid: {list(CONFIGS)}")
+        parser.error(f"unknown configs {unknown}; valid: {[*CONFIGS, *ENSEMBLES]}")
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -20,9 +20,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
-import onnxruntime as ort
-import torch
 from torch import nn
 
 from ranker.features import FeatureEncoder
@@ -33,9 +30,9 @@ from training.data import encode_log, read_log
 from training.evaluate import evaluate_predictions, predict
 from training.export import (
     BEST,
-    EXPORTER,
     ExportError,
     check_parity,
+    exporter_record,
     held_out_rows,
     read_run,
     to_onnx,
@@ -92,15 +89,7 @@ def export_ensemble(
         parent=parent,
         model_kind=MeanOfModels.kind,
         hparams=model.hparams(),
-        exporter={
-            "name": EXPORTER,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "members": [str(d) for d in dirs],
-            "tolerance": tolerance,
-            **parity,
-        },
+        exporter=exporter_record(tolerance, parity, members=[str(d) for d in dirs]),
         batched=batched,
     )
     return publish(registry_root, name, model_bytes, publication)

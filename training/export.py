@@ -82,15 +82,7 @@ def export_run(
     example = {k: v[:2] for k, v in rows.inputs.items()}
     model_bytes = to_onnx(model, example, opset, batched=batched)
     parity = check_parity(model_bytes, model, rows, tolerance)
-    exporter = {
-        "name": EXPORTER,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "parity_days": days,
-        "tolerance": tolerance,
-        **parity,
-    }
+    exporter = exporter_record(tolerance, parity, parity_days=days)
     publication = _publication(model, spec, state, run_metrics, opset, parent, exporter, batched)
     manifest = publish(registry_root, name, model_bytes, publication)
     if (run_dir / "mlflow_run.json").is_file():  # a tracked run: attach the version to it
@@ -99,6 +91,20 @@ def export_run(
         version_dir = Path(registry_root) / name / manifest.version
         log_export(run_dir, version_dir, [MODEL_FILE, MANIFEST_FILE, CARD_FILE])
     return manifest
+
+
+def exporter_record(tolerance: float, parity: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The manifest's `exporter`: the exporter and library versions, the parity check's result
+    and tolerance, and what else the export records (its parity days, an ensemble's members)."""
+    return {
+        "name": EXPORTER,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        **extra,
+        "tolerance": tolerance,
+        **parity,
+    }
 
 
 def read_run(run_dir: Path, best: Path) -> tuple[dict[str, Any], dict[str, Any], MultiTaskModel]:

@@ -113,7 +113,8 @@ def check_members(dirs: Sequence[Path], states: Sequence[Mapping[str, Any]]) -> 
 def evaluate_days(
     model: nn.Module, paths: Sequence[str | Path], spec: FeatureSpec, days: list[str], drop: bool
 ) -> dict[str, dict[str, float]]:
-    """Every metric of the averaged predictions on `days` (with the oracle's where the log has it)."""
+    """Every metric of the averaged predictions on `days` (with the oracle's where the log has it),
+    as served: a position-debiased run's own metrics are taken at the served positions instead."""
     data = encode_log(
         read_log(list(paths), spec, drop_invalid=drop, days=days), FeatureEncoder(spec)
     )

@@ -26,6 +26,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -161,11 +162,13 @@ def run_config(
     root: Path,
     threads: int,
     train_seed: int | None = None,
+    done: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration on one seed's prepared data; its captured shares and time.
-    `train_seed` (default: the world's seed) seeds the weights and the batch order."""
+    `train_seed` (default: the world's seed) seeds the weights and the batch order; `done`: the
+    rows this world already has by name, which an ensemble reuses as its first member."""
     if name in ENSEMBLES:
-        return run_ensemble(name, data, log, seed, root, threads)
+        return run_ensemble(name, data, log, seed, root, threads, done or {})
     path, overrides = CONFIGS[name]
     train_seed = seed if train_seed is None else train_seed
     suffix = "" if train_seed == seed else f"-member{train_seed}"
@@ -196,7 +199,13 @@ def run_config(
 
 
 def run_ensemble(
-    name: str, data: PreparedData, log: Path, seed: int, root: Path, threads: int
+    name: str,
+    data: PreparedData,
+    log: Path,
+    seed: int,
+    root: Path,
+    threads: int,
+    done: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """A seed ensemble (`ranker export --ensemble`): the base configuration trained once per
     member seed on this world, their calibrated predictions averaged and evaluated like a run.
@@ -208,7 +217,12 @@ def run_ensemble(
 
     base, members = ENSEMBLES[name]
     seeds = [seed, *[s for s in MEMBER_SEEDS if s != seed][: members - 1]]
-    runs = [run_config(base, data, log, seed, root, threads, train_seed=s) for s in seeds]
+    runs = [
+        done[base]
+        if s == seed and base in done  # the base configuration's own run, as is
+        else run_config(base, data, log, seed, root, threads, train_seed=s)
+        for s in seeds
+    ]
     model = MeanOfModels([load_best(Path(r["run_dir"]) / BEST) for r in runs])
     result: dict[str, Any] = {}
     for split in ("valid", "test"):
@@ -247,9 +261,9 @@ def run_seed(
     data = prepare_data(load_config(None, [*SPLIT, f"data.paths=[{log}]"]))
     assert isinstance(data, PreparedData)
     stats = {seed: world_stats(log, data.split.train)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
-        row = run_config(name, data, log, seed, root, threads)
+        row = run_config(name, data, log, seed, root, threads, done={r["config"]: r for r in rows})
         rows.append(row)
         print(f"seed {seed} {name}: {headline_shares(row)} ({row['seconds']:.0f} s)", flush=True)
     return rows, stats

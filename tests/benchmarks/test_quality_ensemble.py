@@ -1,5 +1,6 @@
-"""The quality benchmark's seed-ensemble row: its members train with their own seeds, and the row's
-figures are those of their averaged predictions, not of any one member."""
+"""The quality benchmark's seed-ensemble row: its members train with their own seeds (the base
+configuration's run of the same world reused as the first), and the row's figures are those of
+their averaged predictions, not of any one member."""
 
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ def test_an_ensemble_row_is_the_mean_of_its_members(
     data = prepare_data(load_config(None, [*SPLIT, f"data.paths=[{tiny_log}]"]))
     assert isinstance(data, PreparedData)
 
-    row = quality.run_config("tiny-x2", data, tiny_log, 0, tmp_path, threads=1)
-
+    base = quality.run_config("tiny", data, tiny_log, 0, tmp_path, threads=1)
     members = [tmp_path / "runs" / "tiny-seed0", tmp_path / "runs" / "tiny-seed0-member100"]
+    trained = (members[0] / BEST).stat().st_mtime_ns
+
+    row = quality.run_config("tiny-x2", data, tiny_log, 0, tmp_path, 1, done={"tiny": base})
+
+    assert (members[0] / BEST).stat().st_mtime_ns == trained  # the base run reused, not retrained
     assert row["config"] == "tiny-x2" and row["epochs"] == "2,2"
     test = data.test
     assert isinstance(test, EncodedData)
